@@ -1,0 +1,80 @@
+"""The `qkscale` command: a thin layer over the stages. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from qkscale.errors import QKScaleError
+
+app = typer.Typer(
+    help="AttentionViz-style joint query-key embeddings at corpus scale.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.command()
+def extract(
+    out: Annotated[Path, typer.Option("--out", help="Store folder to create (or resume).")],
+    model: Annotated[str, typer.Option(help="'minilm' (packaged default) or a local model directory.")] = "minilm",
+    corpus: Annotated[str, typer.Option(help="'builtin' or a .txt/.jsonl/.parquet file or folder.")] = "builtin",
+    max_length: Annotated[int, typer.Option(help="Tokens per document; longer ones are truncated.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 64,
+    limit_docs: Annotated[Optional[int], typer.Option(help="Only the first N documents.")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="Layers to store, e.g. 0,2-4 (default all).")] = None,
+    docs_per_shard: Annotated[int, typer.Option(help="Documents per atomically committed shard.")] = 1024,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (float32 on CPU, float16 on CUDA), float16 or bfloat16.")] = "auto",
+) -> None:
+    """Extract every head's queries and keys over a corpus into a store (resumable)."""
+    from qkscale.extract import extract as run_extract
+    from qkscale.inspect import format_summary, summarize
+
+    store = run_extract(model, corpus, out, max_length=max_length, batch_size=batch_size, limit_docs=limit_docs,
+                        layers=layers, docs_per_shard=docs_per_shard, device=device, dtype=dtype)
+    typer.echo(format_summary(summarize(store)))
+
+
+@app.command()
+def inspect(
+    store: Annotated[Path, typer.Argument(help="Store folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Summarize a store: model, heads, documents, tokens, size, complete or not."""
+    from qkscale.inspect import format_summary, summarize
+    from qkscale.store import open_store
+
+    summary = summarize(open_store(store))
+    typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except QKScaleError as exc:
+        print(f"qkscale: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("qkscale: interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:
+        if not hasattr(exc, "format_message"):  # not a usage error: a bug, keep the traceback
+            raise
+        print(f"qkscale: error: {exc.format_message()} (see qkscale --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

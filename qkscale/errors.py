@@ -1,0 +1,21 @@
+"""Errors a user can cause: one-line messages that the CLI prints before exiting with status 2."""
+
+
+class QKScaleError(Exception):
+    """Base class of every error caused by the user's input."""
+
+
+class ModelError(QKScaleError):
+    """The model cannot be loaded or its architecture is not supported."""
+
+
+class CorpusError(QKScaleError):
+    """The corpus is missing, empty or unreadable."""
+
+
+class StoreError(QKScaleError):
+    """The store is missing, incomplete, foreign or asked for something it does not hold."""
+
+
+class OptionError(QKScaleError):
+    """An option has a value that cannot be used."""

@@ -1,0 +1,292 @@
+"""The extract stage: run a model over a corpus and store every requested head's Q and K.
+
+:func:`plan_extraction` checks every input (model config, layers, corpus, output folder) before
+anything is written; :func:`extract_shard` turns one shard of documents into one committed shard
+folder (the unit a Dask task will run); :func:`extract` ties them together with a progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qkscale import __version__
+from qkscale.corpus import Corpus, open_corpus, shards
+from qkscale.errors import OptionError, StoreError
+from qkscale.models import DEFAULT_MODEL, Family, ModelInfo, QKCapture, inspect_model, load_model, score_scales
+from qkscale.models.loader import resolve_device, resolve_dtype
+from qkscale.selection import parse_selection
+from qkscale.store import ShardWriter, Store, read_manifest
+from qkscale.store import layout
+from qkscale.store.files import remove_temps, write_json_atomic
+
+# Fields of the manifest that must match for an existing store to be resumed.
+_IDENTITY = ("model", "layers", "corpus", "options")
+
+
+@dataclass
+class ExtractionPlan:
+    """Everything an extraction needs, checked: nothing has been written yet."""
+
+    info: ModelInfo
+    family: Family
+    layers: list[int]
+    corpus: Corpus
+    n_docs: int
+    out: Path
+    max_length: int
+    batch_size: int
+    docs_per_shard: int
+    limit_docs: int | None
+    device: str
+    dtype: str
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.n_docs / self.docs_per_shard)
+
+    def documents(self) -> Iterator[str]:
+        return islice(self.corpus.documents(), self.limit_docs)
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise OptionError(f"--{name} must be a positive number, not {value}")
+
+
+def plan_extraction(
+    model: str = DEFAULT_MODEL,
+    corpus: str | Path = "builtin",
+    out: str | Path = "store",
+    *,
+    max_length: int = 128,
+    batch_size: int = 64,
+    limit_docs: int | None = None,
+    layers: str | Sequence[int] | None = None,
+    docs_per_shard: int = 1024,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> ExtractionPlan:
+    """Validate every input, cheapest first; raise a :class:`QKScaleError` on the first bad one."""
+    for name, value in (("max-length", max_length), ("batch-size", batch_size), ("limit-docs", limit_docs),
+                        ("docs-per-shard", docs_per_shard)):
+        _positive(name, value)
+    if max_length < 2:
+        raise OptionError("--max-length must be at least 2")
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    info, family = inspect_model(model)
+    if info.max_positions and max_length > info.max_positions:
+        raise OptionError(f"--max-length {max_length} exceeds the model's {info.max_positions} positions")
+    chosen = parse_selection(layers, info.n_layers, "layers")
+    out = Path(out).expanduser()
+    _check_out_is_usable(out)
+    source = open_corpus(corpus)
+    n_docs = min(source.count(limit_docs), limit_docs or math.inf)
+    identity = {
+        "model": info.as_dict(),
+        "layers": chosen,
+        "corpus": source.describe(),
+        "options": {"max_length": max_length, "docs_per_shard": docs_per_shard, "limit_docs": limit_docs},
+    }
+    _check_resumable(out, identity)
+    return ExtractionPlan(info, family, chosen, source, int(n_docs), out, max_length, batch_size, docs_per_shard,
+                          limit_docs, device, dtype, identity)
+
+
+def _check_out_is_usable(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"--out {out} exists and is not a qkscale store")
+    if out.is_dir() and any(out.iterdir()) and read_manifest(out) is None:
+        raise StoreError(f"--out {out} exists and is not a qkscale store (choose a new or empty folder)")
+
+
+def _check_resumable(out: Path, identity: dict[str, Any]) -> None:
+    manifest = read_manifest(out)
+    if manifest is None:
+        return
+    for key in _IDENTITY:
+        if manifest.get(key) != identity[key]:
+            theirs, ours = manifest.get(key), identity[key]
+            if key == "model":
+                theirs, ours = theirs.get("source") if isinstance(theirs, dict) else theirs, ours["source"]
+            elif key == "corpus":
+                theirs, ours = theirs.get("spec") if isinstance(theirs, dict) else theirs, ours["spec"]
+            raise StoreError(
+                f"store {out} was made with another {key} ({theirs} there, {ours} now); "
+                "use a new --out or the same settings to resume"
+            )
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to extract from: loaded once, reused for every shard (and, later, every task)."""
+
+    model: Any
+    tokenizer: Any
+    capture: QKCapture
+    device: str
+
+    @classmethod
+    def load(cls, plan: ExtractionPlan) -> LoadedModel:
+        model, tokenizer = load_model(plan.info.source, plan.device, plan.dtype)
+        capture = QKCapture(model, plan.family, plan.layers, plan.info.n_heads, plan.info.head_dim)
+        return cls(model, tokenizer, capture, plan.device)
+
+
+def _batches(lengths: list[int], batch_size: int, bucket: bool) -> Iterator[list[int]]:
+    """Indices of each batch: documents of similar length together when ``bucket``."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if bucket else list(range(len(lengths)))
+    for start in range(0, len(order), batch_size):
+        yield sorted(order[start : start + batch_size])
+
+
+def extract_shard(
+    loaded: LoadedModel,
+    docs: list[tuple[int, str]],
+    out: Path,
+    shard: int,
+    *,
+    layers: Sequence[int],
+    n_heads: int,
+    head_dim: int,
+    max_length: int,
+    batch_size: int,
+    bucket: bool = True,
+    on_batch: Any = None,
+) -> dict[str, int]:
+    """Extract one shard of ``(doc_id, text)`` into ``out`` and commit it atomically."""
+    import torch
+
+    tokenizer = loaded.tokenizer
+    texts = [text for _, text in docs]
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True)
+    full_lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    n_special = tokenizer.num_special_tokens_to_add()
+    ids_per_doc: list[list[int]] = encoded["input_ids"]
+    writer = ShardWriter(out, shard, layers, n_heads, head_dim)
+    try:
+        writer.add_documents(
+            [
+                {"doc": doc, "text": text, "n_tokens": len(ids), "truncated": full + n_special > max_length}
+                for (doc, text), ids, full in zip(docs, ids_per_doc, full_lengths)
+            ]
+        )
+        for batch in _batches([len(ids) for ids in ids_per_doc], batch_size, bucket):
+            lengths = [len(ids_per_doc[i]) for i in batch]
+            width = max(lengths)
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                input_ids[row, : lengths[row]] = torch.tensor(ids_per_doc[i])
+                mask[row, : lengths[row]] = 1
+            loaded.capture.run(loaded.model, input_ids=input_ids.to(loaded.device), attention_mask=mask.to(loaded.device))
+            real = mask.to(loaded.device).bool()
+            queries = torch.stack([loaded.capture.queries[layer][real] for layer in layers], dim=1)
+            keys = torch.stack([loaded.capture.keys[layer][real] for layer in layers], dim=1)
+            writer.write_batch(
+                _token_rows(tokenizer, [docs[i][0] for i in batch], [ids_per_doc[i] for i in batch],
+                            [encoded["special_tokens_mask"][i] for i in batch]),
+                queries.to(torch.float16).cpu().numpy(),
+                keys.to(torch.float16).cpu().numpy(),
+            )
+            if on_batch is not None:
+                on_batch(len(batch), sum(lengths))
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _token_rows(tokenizer, doc_ids: list[int], ids: list[list[int]], special: list[list[int]]) -> dict[str, Any]:
+    lengths = np.array([len(row) for row in ids])
+    flat_ids = [token for row in ids for token in row]
+    positions = np.concatenate([np.arange(n) for n in lengths])
+    doc_length = np.repeat(lengths, lengths)
+    return {
+        "doc": np.repeat(np.asarray(doc_ids, dtype=np.int64), lengths),
+        "position": positions.astype(np.int32),
+        "token": tokenizer.convert_ids_to_tokens(flat_ids),
+        "token_id": np.asarray(flat_ids, dtype=np.int32),
+        "is_special": np.asarray([flag for row in special for flag in row], dtype=bool),
+        "doc_length": doc_length.astype(np.int32),
+        "rel_position": (positions / np.maximum(doc_length - 1, 1)).astype(np.float32),
+    }
+
+
+def extract(
+    model: str = DEFAULT_MODEL,
+    corpus: str | Path = "builtin",
+    out: str | Path = "store",
+    *,
+    progress: bool = True,
+    bucket: bool = True,
+    **options: Any,
+) -> Store:
+    """Extract the queries and keys of ``model`` over ``corpus`` into the store ``out``.
+
+    Options: ``max_length`` (128), ``batch_size`` (64), ``limit_docs``, ``layers`` ("0,2-4" or a
+    list), ``docs_per_shard`` (1024), ``device`` ("auto"), ``dtype`` ("auto"). An existing store
+    made with the same settings is resumed: committed shards are kept, the others are extracted.
+    """
+    plan = plan_extraction(model, corpus, out, **options)
+    loaded = LoadedModel.load(plan)
+    manifest = {
+        "format": layout.FORMAT,
+        "format_version": layout.FORMAT_VERSION,
+        "qkscale_version": __version__,
+        **plan.identity,
+        "score_scale": score_scales(loaded.model, plan.family, plan.info.n_layers, plan.info.head_dim),
+        "n_docs": plan.n_docs,
+        "n_shards": plan.n_shards,
+        "complete": False,
+        "extraction": {"device": plan.device, "dtype": plan.dtype, "batch_size": plan.batch_size, "bucket": bucket},
+    }
+    (plan.out / layout.SHARDS).mkdir(parents=True, exist_ok=True)
+    remove_temps(plan.out / layout.SHARDS)
+    if read_manifest(plan.out) is None:
+        write_json_atomic(plan.out / layout.MANIFEST, manifest)
+    store = Store(plan.out)
+    done = set(store.committed_shards())
+    bar = _progress_bar(plan.n_docs, sum(store.shard_info(s)["n_docs"] for s in done), progress)
+    tokens, started = 0, time.perf_counter()
+
+    def on_batch(n_docs: int, n_tokens: int) -> None:
+        nonlocal tokens
+        tokens += n_tokens
+        bar.update(n_docs)
+        bar.set_postfix_str(f"{tokens / (time.perf_counter() - started):,.0f} tokens/s", refresh=False)
+
+    try:
+        for shard, docs in enumerate(shards(plan.documents(), plan.docs_per_shard)):
+            if shard in done:
+                continue
+            extract_shard(loaded, docs, plan.out, shard, layers=plan.layers, n_heads=plan.info.n_heads,
+                          head_dim=plan.info.head_dim, max_length=plan.max_length, batch_size=plan.batch_size,
+                          bucket=bucket, on_batch=on_batch)
+    finally:
+        bar.close()
+        loaded.capture.remove()
+    infos = [store.shard_info(s) for s in range(plan.n_shards)]
+    manifest = read_manifest(plan.out) or manifest
+    manifest.update(
+        complete=True,
+        n_tokens=sum(i["n_tokens"] for i in infos),
+        truncated_docs=sum(i["truncated_docs"] for i in infos),
+    )
+    write_json_atomic(plan.out / layout.MANIFEST, manifest)
+    return Store(plan.out)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="doc", desc="extract", disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,55 @@
+"""A summary of a store, for `qkscale inspect`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qkscale.selection import format_selection
+from qkscale.store import Store
+
+
+def summarize(store: Store) -> dict[str, Any]:
+    """Model, shape, sizes and completeness of ``store`` as plain data."""
+    manifest = store.manifest
+    shards = store.committed_shards()
+    infos = [store.shard_info(s) for s in shards]
+    model = manifest["model"]
+    return {
+        "store": str(store.path),
+        "model": model["source"],
+        "model_type": model["model_type"],
+        "layers": format_selection(store.layers),
+        "n_layers": store.n_layers,
+        "n_heads": store.n_heads,
+        "head_dim": store.head_dim,
+        "corpus": manifest["corpus"]["spec"],
+        "max_length": manifest["options"]["max_length"],
+        "documents": sum(i["n_docs"] for i in infos),
+        "documents_planned": manifest["n_docs"],
+        "truncated_documents": sum(i["truncated_docs"] for i in infos),
+        "tokens": sum(i["n_tokens"] for i in infos),
+        "shards_done": len(shards),
+        "shards": manifest["n_shards"],
+        "bytes": store.bytes_on_disk(),
+        "complete": len(shards) == manifest["n_shards"],
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The summary as aligned text lines."""
+    status = "complete" if s["complete"] else (
+        f"INCOMPLETE ({s['shards_done']}/{s['shards']} shards): rerun the same `qkscale extract` to resume"
+    )
+    rows = [
+        ("store", s["store"]),
+        ("model", f"{s['model']} ({s['model_type']})"),
+        ("heads", f"{s['n_layers']} layers x {s['n_heads']} heads x {s['head_dim']} dims; stored layers {s['layers']}"),
+        ("corpus", s["corpus"]),
+        ("documents", f"{s['documents']:,} of {s['documents_planned']:,} "
+                      f"({s['truncated_documents']:,} truncated at {s['max_length']} tokens)"),
+        ("tokens", f"{s['tokens']:,}"),
+        ("shards", f"{s['shards_done']}/{s['shards']}"),
+        ("on disk", f"{s['bytes'] / 2**20:,.1f} MiB"),
+        ("status", status),
+    ]
+    return "\n".join(f"{name:<10} {value}" for name, value in rows)

@@ -1,0 +1,37 @@
+"""Architecture families, declared as data: where each model keeps its query and key projections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to find the q/k projections of one architecture family.
+
+    ``attention`` is the path of a layer's attention module relative to the base model
+    (``AutoModel``), with ``{layer}`` for the layer index. Either ``query`` and ``key`` name its
+    separate projection modules, or ``fused_qkv`` names one module whose output is ``[q | k | v]``.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    attention: str
+    query: str | None = None
+    key: str | None = None
+    fused_qkv: str | None = None
+    causal: bool = False
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("bert", ("bert", "roberta"), "encoder.layer.{layer}.attention.self", "query", "key"),
+    Family("distilbert", ("distilbert",), "transformer.layer.{layer}.attention", "q_lin", "k_lin"),
+    Family("gpt2", ("gpt2",), "h.{layer}.attn", fused_qkv="c_attn", causal=True),
+)
+
+FAMILY_BY_MODEL_TYPE: dict[str, Family] = {t: f for f in FAMILIES for t in f.model_types}
+
+
+def supported_model_types() -> list[str]:
+    """The Hugging Face ``model_type`` values that an adapter knows."""
+    return sorted(FAMILY_BY_MODEL_TYPE)

