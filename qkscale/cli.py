@@ -34,7 +34,7 @@ def extract(
     dtype: Annotated[str, typer.Option(help="auto (float32 on CPU, float16 on CUDA), float16 or bfloat16.")] = "auto",
 ) -> None:
     """Extract every head's queries and keys over a corpus into a store (resumable)."""
-    from qkscale.extract import extract as run_extract
+    from qkscale.extraction import extract as run_extract
     from qkscale.inspect import format_summary, summarize
 
     store = run_extract(model, corpus, out, max_length=max_length, batch_size=batch_size, limit_docs=limit_docs,

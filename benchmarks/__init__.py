@@ -1,0 +1,1 @@
+"""Benchmarks of qkscale, run as modules: ``python -m benchmarks.<name>``."""

@@ -1,0 +1,137 @@
+"""Shared fixtures. Session-scoped ones are expensive and read-only: tests must not mutate them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Sentences of very different lengths, so that batches are padded; the last one is truncated.
+SENTENCES = [
+    "Attention is all you need.",
+    "The quick brown fox jumps over the lazy dog while the cat watches from the warm windowsill.",
+    "Short.",
+    "Queries and keys live in the same space, so a query lands near the keys it attends to, "
+    "and a joint embedding shows which tokens each attention head looks at in its layer.",
+    "Tokens, tokens everywhere!",
+    "One two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty twenty-one twenty-two twenty-three twenty-four "
+    "twenty-five twenty-six twenty-seven twenty-eight twenty-nine thirty thirty-one thirty-two.",
+]
+MAX_LENGTH = 40
+
+
+def _write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _save_tiny_gpt2(folder: Path) -> Path:
+    """A randomly initialised GPT-2 with a byte-level BPE tokenizer trained on builtin prose."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoModel, GPT2Config, GPT2TokenizerFast
+
+    from qkscale.corpus.builtin import builtin_sentences
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(builtin_sentences()[:3000], vocab_size=600, special_tokens=["<|endoftext|>"])
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                  unk_token="<|endoftext|>")
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=64, n_layer=3, n_head=4,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    _save(AutoModel.from_config(config), tokenizer, folder)
+    return folder
+
+
+def _save_tiny_encoder(folder: Path, model_type: str) -> Path:
+    """A randomly initialised RoBERTa or DistilBERT using MiniLM's tokenizer."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from qkscale.models.loader import resolve_source
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source("minilm"))
+    sizes = {
+        "roberta": dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=96,
+                        pad_token_id=tokenizer.pad_token_id, max_position_embeddings=130),
+        "distilbert": dict(dim=48, n_layers=2, n_heads=3, hidden_dim=96, pad_token_id=tokenizer.pad_token_id,
+                           max_position_embeddings=128),
+    }[model_type]
+    config = AutoConfig.for_model(model_type, vocab_size=tokenizer.vocab_size, **sizes)
+    _save(AutoModel.from_config(config), tokenizer, folder)
+    return folder
+
+
+def _save(model, tokenizer, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def sentences_file(tmp_path_factory) -> Path:
+    return _write_lines(tmp_path_factory.mktemp("corpus") / "sentences.txt", SENTENCES)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "gpt2": _save_tiny_gpt2(root / "gpt2"),
+        "roberta": _save_tiny_encoder(root / "roberta", "roberta"),
+        "distilbert": _save_tiny_encoder(root / "distilbert", "distilbert"),
+    }
+
+
+@pytest.fixture(scope="session")
+def model_sources(tiny_models) -> dict[str, str]:
+    """Every supported family: the real MiniLM and small random models."""
+    return {"minilm": "minilm", **{name: str(path) for name, path in tiny_models.items()}}
+
+
+@pytest.fixture(scope="session")
+def sentence_stores(tmp_path_factory, sentences_file, model_sources) -> dict:
+    """One store per model over SENTENCES, batch size 4 (padding), 2 docs per shard."""
+    import qkscale
+
+    root = tmp_path_factory.mktemp("stores")
+    return {
+        name: qkscale.extract(source, sentences_file, root / name, max_length=MAX_LENGTH, batch_size=4,
+                              docs_per_shard=4, progress=False)
+        for name, source in model_sources.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def builtin_store(tmp_path_factory):
+    """MiniLM over the first 60 builtin documents, in 3 shards."""
+    import qkscale
+
+    return qkscale.extract(out=tmp_path_factory.mktemp("builtin") / "store", limit_docs=60, docs_per_shard=25,
+                           batch_size=16, progress=False)
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the real `qkscale` entry point in-process; returns (exit code, stdout, stderr)."""
+    import sys
+
+    from qkscale.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        old = sys.argv
+        sys.argv = ["qkscale", *map(str, args)]
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            sys.argv = old
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

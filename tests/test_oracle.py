@@ -1,0 +1,57 @@
+"""The truth oracle: attention recomputed from the stored Q/K equals the model's own attention."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import MAX_LENGTH, SENTENCES
+from transformers import AutoModel, AutoTokenizer
+
+from qkscale.models.loader import resolve_source
+
+FAMILIES = ["minilm", "gpt2", "roberta", "distilbert"]
+
+
+def _eager_attentions(source: str) -> tuple[list[torch.Tensor], list[int]]:
+    """The model's own eager attention for SENTENCES in one right-padded batch, and each length."""
+    path = resolve_source(source)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    batch = tokenizer(SENTENCES, truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_attentions=True)
+    return [a.float() for a in out.attentions], batch["attention_mask"].sum(1).tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attention_from_store_equals_model_attention(family, sentence_stores, model_sources):
+    store = sentence_stores[family]
+    attentions, lengths = _eager_attentions(model_sources[family])
+    assert len(attentions) == store.n_layers == len(store.layers)
+    assert max(lengths) == MAX_LENGTH and min(lengths) < MAX_LENGTH / 2  # truncation and padding both occur
+    worst = 0.0
+    for doc, length in enumerate(lengths):
+        for layer in store.layers:
+            for head in range(store.n_heads):
+                ours = store.attention(doc, layer, head)
+                theirs = attentions[layer][doc, head, :length, :length].numpy()
+                assert ours.shape == (length, length)
+                worst = max(worst, float(np.abs(ours - theirs).max()))
+    assert worst < 2e-3, f"{family}: max |attention difference| {worst:.2e}"
+
+
+def test_gpt2_attention_is_causal(sentence_stores):
+    attention = sentence_stores["gpt2"].attention(1, 0, 0)
+    assert np.all(np.triu(attention, k=1) == 0)
+    np.testing.assert_allclose(attention.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_manifest_records_each_family(sentence_stores):
+    for family, store in sentence_stores.items():
+        model = store.manifest["model"]
+        assert model["causal"] is (family == "gpt2")
+        assert store.head_dim * store.n_heads == {"minilm": 384, "gpt2": 64}.get(family, 48)
+        assert len(store.manifest["score_scale"]) == store.n_layers
