@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,8 +27,8 @@ def extract(
     corpus: Annotated[str, typer.Option(help="'builtin' or a .txt/.jsonl/.parquet file or folder.")] = "builtin",
     max_length: Annotated[int, typer.Option(help="Tokens per document; longer ones are truncated.")] = 128,
     batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 64,
-    limit_docs: Annotated[Optional[int], typer.Option(help="Only the first N documents.")] = None,
-    layers: Annotated[Optional[str], typer.Option(help="Layers to store, e.g. 0,2-4 (default all).")] = None,
+    limit_docs: Annotated[int | None, typer.Option(help="Only the first N documents.")] = None,
+    layers: Annotated[str | None, typer.Option(help="Layers to store, e.g. 0,2-4 (default all).")] = None,
     docs_per_shard: Annotated[int, typer.Option(help="Documents per atomically committed shard.")] = 1024,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (float32 on CPU, float16 on CUDA), float16 or bfloat16.")] = "auto",
@@ -37,8 +37,18 @@ def extract(
     from qkscale.extraction import extract as run_extract
     from qkscale.inspect import format_summary, summarize
 
-    store = run_extract(model, corpus, out, max_length=max_length, batch_size=batch_size, limit_docs=limit_docs,
-                        layers=layers, docs_per_shard=docs_per_shard, device=device, dtype=dtype)
+    store = run_extract(
+        model,
+        corpus,
+        out,
+        max_length=max_length,
+        batch_size=batch_size,
+        limit_docs=limit_docs,
+        layers=layers,
+        docs_per_shard=docs_per_shard,
+        device=device,
+        dtype=dtype,
+    )
     typer.echo(format_summary(summarize(store)))
 
 

@@ -23,8 +23,7 @@ from qkscale.errors import OptionError, StoreError
 from qkscale.models import DEFAULT_MODEL, Family, ModelInfo, QKCapture, inspect_model, load_model, score_scales
 from qkscale.models.loader import resolve_device, resolve_dtype
 from qkscale.selection import parse_selection
-from qkscale.store import ShardWriter, Store, read_manifest
-from qkscale.store import layout
+from qkscale.store import ShardWriter, Store, layout, read_manifest
 from qkscale.store.files import remove_temps, write_json_atomic
 
 # Fields of the manifest that must match for an existing store to be resumed.
@@ -76,8 +75,12 @@ def plan_extraction(
     dtype: str = "auto",
 ) -> ExtractionPlan:
     """Validate every input, cheapest first; raise a :class:`QKScaleError` on the first bad one."""
-    for name, value in (("max-length", max_length), ("batch-size", batch_size), ("limit-docs", limit_docs),
-                        ("docs-per-shard", docs_per_shard)):
+    for name, value in (
+        ("max-length", max_length),
+        ("batch-size", batch_size),
+        ("limit-docs", limit_docs),
+        ("docs-per-shard", docs_per_shard),
+    ):
         _positive(name, value)
     if max_length < 2:
         raise OptionError("--max-length must be at least 2")
@@ -90,7 +93,7 @@ def plan_extraction(
     out = Path(out).expanduser()
     _check_out_is_usable(out)
     source = open_corpus(corpus)
-    n_docs = min(source.count(limit_docs), limit_docs or math.inf)
+    n_docs = source.count(limit_docs)
     identity = {
         "model": info.as_dict(),
         "layers": chosen,
@@ -98,8 +101,21 @@ def plan_extraction(
         "options": {"max_length": max_length, "docs_per_shard": docs_per_shard, "limit_docs": limit_docs},
     }
     _check_resumable(out, identity)
-    return ExtractionPlan(info, family, chosen, source, int(n_docs), out, max_length, batch_size, docs_per_shard,
-                          limit_docs, device, dtype, identity)
+    return ExtractionPlan(
+        info,
+        family,
+        chosen,
+        source,
+        n_docs,
+        out,
+        max_length,
+        batch_size,
+        docs_per_shard,
+        limit_docs,
+        device,
+        dtype,
+        identity,
+    )
 
 
 def _check_out_is_usable(out: Path) -> None:
@@ -177,7 +193,7 @@ def extract_shard(
         writer.add_documents(
             [
                 {"doc": doc, "text": text, "n_tokens": len(ids), "truncated": full + n_special > max_length}
-                for (doc, text), ids, full in zip(docs, ids_per_doc, full_lengths)
+                for (doc, text), ids, full in zip(docs, ids_per_doc, full_lengths, strict=True)
             ]
         )
         for batch in _batches([len(ids) for ids in ids_per_doc], batch_size, bucket):
@@ -188,13 +204,18 @@ def extract_shard(
             for row, i in enumerate(batch):
                 input_ids[row, : lengths[row]] = torch.tensor(ids_per_doc[i])
                 mask[row, : lengths[row]] = 1
-            loaded.capture.run(loaded.model, input_ids=input_ids.to(loaded.device), attention_mask=mask.to(loaded.device))
-            real = mask.to(loaded.device).bool()
+            input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
+            loaded.capture.run(loaded.model, input_ids=input_ids, attention_mask=mask)
+            real = mask.bool()
             queries = torch.stack([loaded.capture.queries[layer][real] for layer in layers], dim=1)
             keys = torch.stack([loaded.capture.keys[layer][real] for layer in layers], dim=1)
             writer.write_batch(
-                _token_rows(tokenizer, [docs[i][0] for i in batch], [ids_per_doc[i] for i in batch],
-                            [encoded["special_tokens_mask"][i] for i in batch]),
+                _token_rows(
+                    tokenizer,
+                    [docs[i][0] for i in batch],
+                    [ids_per_doc[i] for i in batch],
+                    [encoded["special_tokens_mask"][i] for i in batch],
+                ),
                 queries.to(torch.float16).cpu().numpy(),
                 keys.to(torch.float16).cpu().numpy(),
             )
@@ -238,6 +259,9 @@ def extract(
     made with the same settings is resumed: committed shards are kept, the others are extracted.
     """
     plan = plan_extraction(model, corpus, out, **options)
+    existing = read_manifest(plan.out)
+    if existing is not None and existing["complete"]:
+        return Store(plan.out)  # same settings (checked by the plan) and nothing left to do
     loaded = LoadedModel.load(plan)
     manifest = {
         "format": layout.FORMAT,
@@ -269,9 +293,19 @@ def extract(
         for shard, docs in enumerate(shards(plan.documents(), plan.docs_per_shard)):
             if shard in done:
                 continue
-            extract_shard(loaded, docs, plan.out, shard, layers=plan.layers, n_heads=plan.info.n_heads,
-                          head_dim=plan.info.head_dim, max_length=plan.max_length, batch_size=plan.batch_size,
-                          bucket=bucket, on_batch=on_batch)
+            extract_shard(
+                loaded,
+                docs,
+                plan.out,
+                shard,
+                layers=plan.layers,
+                n_heads=plan.info.n_heads,
+                head_dim=plan.info.head_dim,
+                max_length=plan.max_length,
+                batch_size=plan.batch_size,
+                bucket=bucket,
+                on_batch=on_batch,
+            )
     finally:
         bar.close()
         loaded.capture.remove()

@@ -37,16 +37,21 @@ def summarize(store: Store) -> dict[str, Any]:
 
 def format_summary(s: dict[str, Any]) -> str:
     """The summary as aligned text lines."""
-    status = "complete" if s["complete"] else (
-        f"INCOMPLETE ({s['shards_done']}/{s['shards']} shards): rerun the same `qkscale extract` to resume"
+    status = (
+        "complete"
+        if s["complete"]
+        else (f"INCOMPLETE ({s['shards_done']}/{s['shards']} shards): rerun the same `qkscale extract` to resume")
     )
     rows = [
         ("store", s["store"]),
         ("model", f"{s['model']} ({s['model_type']})"),
         ("heads", f"{s['n_layers']} layers x {s['n_heads']} heads x {s['head_dim']} dims; stored layers {s['layers']}"),
         ("corpus", s["corpus"]),
-        ("documents", f"{s['documents']:,} of {s['documents_planned']:,} "
-                      f"({s['truncated_documents']:,} truncated at {s['max_length']} tokens)"),
+        (
+            "documents",
+            f"{s['documents']:,} of {s['documents_planned']:,} "
+            f"({s['truncated_documents']:,} truncated at {s['max_length']} tokens)",
+        ),
         ("tokens", f"{s['tokens']:,}"),
         ("shards", f"{s['shards_done']}/{s['shards']}"),
         ("on disk", f"{s['bytes'] / 2**20:,.1f} MiB"),

@@ -39,10 +39,18 @@ def _save_tiny_gpt2(folder: Path) -> Path:
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(builtin_sentences()[:3000], vocab_size=600, special_tokens=["<|endoftext|>"])
-    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                  unk_token="<|endoftext|>")
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=64, n_layer=3, n_head=4,
-                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    tokenizer = GPT2TokenizerFast(
+        tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=64,
+        n_layer=3,
+        n_head=4,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     _save(AutoModel.from_config(config), tokenizer, folder)
     return folder
 
@@ -55,10 +63,22 @@ def _save_tiny_encoder(folder: Path, model_type: str) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_source("minilm"))
     sizes = {
-        "roberta": dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=96,
-                        pad_token_id=tokenizer.pad_token_id, max_position_embeddings=130),
-        "distilbert": dict(dim=48, n_layers=2, n_heads=3, hidden_dim=96, pad_token_id=tokenizer.pad_token_id,
-                           max_position_embeddings=128),
+        "roberta": dict(
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            intermediate_size=96,
+            pad_token_id=tokenizer.pad_token_id,
+            max_position_embeddings=130,
+        ),
+        "distilbert": dict(
+            dim=48,
+            n_layers=2,
+            n_heads=3,
+            hidden_dim=96,
+            pad_token_id=tokenizer.pad_token_id,
+            max_position_embeddings=128,
+        ),
     }[model_type]
     config = AutoConfig.for_model(model_type, vocab_size=tokenizer.vocab_size, **sizes)
     _save(AutoModel.from_config(config), tokenizer, folder)
@@ -99,8 +119,9 @@ def sentence_stores(tmp_path_factory, sentences_file, model_sources) -> dict:
 
     root = tmp_path_factory.mktemp("stores")
     return {
-        name: qkscale.extract(source, sentences_file, root / name, max_length=MAX_LENGTH, batch_size=4,
-                              docs_per_shard=4, progress=False)
+        name: qkscale.extract(
+            source, sentences_file, root / name, max_length=MAX_LENGTH, batch_size=4, docs_per_shard=4, progress=False
+        )
         for name, source in model_sources.items()
     }
 
@@ -110,8 +131,13 @@ def builtin_store(tmp_path_factory):
     """MiniLM over the first 60 builtin documents, in 3 shards."""
     import qkscale
 
-    return qkscale.extract(out=tmp_path_factory.mktemp("builtin") / "store", limit_docs=60, docs_per_shard=25,
-                           batch_size=16, progress=False)
+    return qkscale.extract(
+        out=tmp_path_factory.mktemp("builtin") / "store",
+        limit_docs=60,
+        docs_per_shard=25,
+        batch_size=16,
+        progress=False,
+    )
 
 
 @pytest.fixture

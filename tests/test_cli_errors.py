@@ -10,8 +10,11 @@ import pytest
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,11 @@ def bad_inputs(tmp_path_factory) -> dict[str, Path]:
 CASES = [
     # (name, extra args, expected message part); {root} is the bad-inputs folder
     ("missing model", ["--model", "{root}/nope"], "model path {root}/nope does not exist"),
-    ("unsupported architecture", ["--model", "{root}/t5-model"], "unsupported architecture 't5'; supported: bert, distilbert, gpt2, roberta"),
+    (
+        "unsupported architecture",
+        ["--model", "{root}/t5-model"],
+        "unsupported architecture 't5'; supported: bert, distilbert, gpt2, roberta",
+    ),
     ("missing corpus", ["--corpus", "{root}/nope.txt"], "does not exist"),
     ("empty corpus", ["--corpus", "{root}/empty.txt"], "holds no documents"),
     ("non-UTF-8 file", ["--corpus", "{root}/latin1.txt"], "line 1 is not UTF-8 text"),
@@ -75,8 +82,9 @@ def test_resuming_with_another_model_or_corpus_is_refused(run_cli, bad_inputs, t
     code, _, _ = run_cli("extract", "--out", out, "--corpus", bad_inputs / "good.txt")
     assert code == 0
     before = _snapshot(out)
-    code, _, stderr = run_cli("extract", "--out", out, "--corpus", bad_inputs / "good.txt",
-                              "--model", tiny_models["gpt2"])
+    code, _, stderr = run_cli(
+        "extract", "--out", out, "--corpus", bad_inputs / "good.txt", "--model", tiny_models["gpt2"]
+    )
     assert code == 2 and "was made with another model (minilm there" in stderr and stderr.count("\n") == 1
     code, _, stderr = run_cli("extract", "--out", out, "--corpus", "builtin")
     assert code == 2 and "was made with another corpus" in stderr

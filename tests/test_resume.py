@@ -37,8 +37,15 @@ def _assert_same_store(a: qkscale.Store, b: qkscale.Store) -> None:
 def test_killed_extract_resumes_to_identical_store(tmp_path, run_cli):
     corpus = tmp_path / "docs.txt"
     corpus.write_text("\n".join(builtin_sentences()[:N_DOCS]) + "\n", encoding="utf-8")
-    reference = qkscale.extract(corpus=corpus, out=tmp_path / "reference", progress=False, docs_per_shard=PER_SHARD,
-                                batch_size=3, max_length=24, layers="0,4-5")
+    reference = qkscale.extract(
+        corpus=corpus,
+        out=tmp_path / "reference",
+        progress=False,
+        docs_per_shard=PER_SHARD,
+        batch_size=3,
+        max_length=24,
+        layers="0,4-5",
+    )
 
     out = tmp_path / "interrupted"
     process = _extract(out, corpus)

@@ -43,11 +43,15 @@ def test_special_tokens_are_flagged(sentence_stores):
 
 def _full_vectors(store) -> dict[str, np.ndarray]:
     """Every column of every shard's vectors file, read whole with pyarrow."""
-    tables = [ipc.open_file(pa.memory_map(str(layout.shard_dir(store.path, s) / layout.VECTORS))).read_all()
-              for s in store.committed_shards()]
+    tables = [
+        ipc.open_file(pa.memory_map(str(layout.shard_dir(store.path, s) / layout.VECTORS))).read_all()
+        for s in store.committed_shards()
+    ]
     table = pa.concat_tables(tables)
-    return {name: table[name].combine_chunks().flatten().to_numpy().reshape(-1, store.head_dim)
-            for name in table.column_names}
+    return {
+        name: table[name].combine_chunks().flatten().to_numpy().reshape(-1, store.head_dim)
+        for name in table.column_names
+    }
 
 
 def test_one_head_reads_equal_full_arrays(builtin_store):
@@ -104,7 +108,7 @@ def test_inspect_reports_store(run_cli, builtin_store):
     assert code == 0
     assert "6 layers x 12 heads x 32 dims" in out and "complete" in out and "60 of 60" in out
     code, out, _ = run_cli("inspect", builtin_store.path, "--json")
-    assert code == 0 and '"tokens": %d' % builtin_store.n_tokens in out
+    assert code == 0 and f'"tokens": {builtin_store.n_tokens}' in out
 
 
 def test_open_store_errors(tmp_path):

