@@ -339,6 +339,11 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def load_average() -> tuple[float, float, float] | None:
+    """1, 5 and 15 minute load averages: other work on the machine skews every timing."""
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
 def machine_info() -> dict[str, Any]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
@@ -350,6 +355,7 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
+        "load_average_at_end": load_average(),
         "versions": {"qkscale": qkscale.__version__, "torch": torch.__version__,
                      "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
                      "pyarrow": pa.__version__, "numpy": np.__version__},
@@ -362,10 +368,13 @@ def _ms(values: dict[str, float]) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     summary, size, reads, config = report["summary"], report["store"], report["head_read"], report["config"]
+    machine = report["machine"]
     passes = summary["passes"]
     lines = [
         f"extraction benchmark: {config['docs']} docs, {int(passes['bare_bucketed']['tokens']['median']):,} tokens, "
         f"{config['threads']} threads, {config['repeats']} repeats; median [min-max]",
+        f"{machine['cpu']}, {machine['usable_cpus']} cpus; 1-min load average "
+        f"{_load(machine['load_average_at_start'])} at start, {_load(machine['load_average_at_end'])} at end",
         f"{'pass':<30}{'seconds':>24}{'tokens/s':>12}",
     ]
     for name in PASSES:
@@ -394,6 +403,10 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _load(average: Sequence[float] | None) -> str:
+    return "n/a" if average is None else f"{average[0]:.2f}"
+
+
 def _ratio_line(label: str, ratio: dict[str, Any], note: str = "") -> str:
     return f"{label:<38} {ratio['of_medians']:.3f} of medians, {ratio['of_mins']:.3f} of mins{note}"
 
@@ -411,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
+    load_at_start = load_average()
     start = time.perf_counter()
     builtin_sentences()
     corpus_build_s = time.perf_counter() - start
@@ -422,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_repeats(pass_functions(work, args), args.repeats)
         report = {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info(),
+            "machine": {**machine_info(), "load_average_at_start": load_at_start},
             "config": {**vars(args), "docs": work.plan.n_docs, "tmp": str(root), "out": str(args.out),
                        "layers": work.plan.layers, "corpus_build_s": corpus_build_s},
             "repeats": results,

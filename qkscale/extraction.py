@@ -206,9 +206,7 @@ def extract_shard(
                 mask[row, : lengths[row]] = 1
             input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
             loaded.capture.run(loaded.model, input_ids=input_ids, attention_mask=mask)
-            real = mask.bool()
-            queries = torch.stack([loaded.capture.queries[layer][real] for layer in layers], dim=1)
-            keys = torch.stack([loaded.capture.keys[layer][real] for layer in layers], dim=1)
+            queries, keys = loaded.capture.gathered(mask.bool())
             writer.write_batch(
                 _token_rows(
                     tokenizer,
@@ -216,8 +214,8 @@ def extract_shard(
                     [ids_per_doc[i] for i in batch],
                     [encoded["special_tokens_mask"][i] for i in batch],
                 ),
-                queries.to(torch.float16).cpu().numpy(),
-                keys.to(torch.float16).cpu().numpy(),
+                queries,
+                keys,
             )
             if on_batch is not None:
                 on_batch(len(batch), sum(lengths))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -58,6 +59,22 @@ class QKCapture:
         self.keys.clear()
         with contextlib.suppress(_StopForward):
             model(**inputs)
+
+    def gathered(self, real: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Queries and keys of the tokens where ``real`` ([batch, tokens] bool) is set.
+
+        Returns two float16 arrays ``[layers, heads, n_real_tokens, head_dim]`` (the on-disk order).
+        """
+        return self._gather(self.queries, real), self._gather(self.keys, real)
+
+    def _gather(self, captured: dict[int, torch.Tensor], real: torch.Tensor) -> np.ndarray:
+        n_real = int(real.sum())
+        out = torch.empty(
+            (len(self.layers), self.n_heads, n_real, self.head_dim), dtype=torch.float16, device=real.device
+        )
+        for index, layer in enumerate(self.layers):
+            out[index].copy_(captured[layer][real].transpose(0, 1))  # [tokens, heads, d] -> [heads, tokens, d]
+        return out.cpu().numpy()
 
     def remove(self) -> None:
         """Detach the hooks from the model."""
