@@ -48,7 +48,7 @@ import transformers
 import qkscale
 from qkscale.corpus import shards
 from qkscale.corpus.builtin import builtin_sentences
-from qkscale.extraction import ExtractionPlan, LoadedModel, _batches, extract_shard, plan_extraction
+from qkscale.extraction import ExtractionPlan, LoadedModel, _batches, extract_shard, pad_batch, plan_extraction
 from qkscale.models import QKCapture, load_model
 from qkscale.store import Store, layout
 
@@ -141,17 +141,6 @@ def load_workload(args: argparse.Namespace, root: Path) -> Workload:
     hooked = LoadedModel.load(plan)
     bare, _ = load_model(plan.info.source, plan.device, plan.dtype)
     return Workload(plan, hooked, bare, list(shards(plan.documents(), plan.docs_per_shard)), root)
-
-
-def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask``, built as ``extract_shard`` builds them."""
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        input_ids[index, : len(row)] = torch.tensor(row)
-        mask[index, : len(row)] = 1
-    return input_ids, mask
 
 
 # -- passes --------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from qkscale import __version__
 from qkscale.corpus import Corpus, open_corpus, shards
@@ -165,6 +166,17 @@ def _batches(lengths: list[int], batch_size: int, bucket: bool) -> Iterator[list
         yield sorted(order[start : start + batch_size])
 
 
+def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` (``[batch, longest]`` long tensors)."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        input_ids[index, : len(row)] = torch.tensor(row)
+        mask[index, : len(row)] = 1
+    return input_ids, mask
+
+
 def extract_shard(
     loaded: LoadedModel,
     docs: list[tuple[int, str]],
@@ -180,8 +192,6 @@ def extract_shard(
     on_batch: Any = None,
 ) -> dict[str, int]:
     """Extract one shard of ``(doc_id, text)`` into ``out`` and commit it atomically."""
-    import torch
-
     tokenizer = loaded.tokenizer
     texts = [text for _, text in docs]
     encoded = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True)
@@ -197,13 +207,7 @@ def extract_shard(
             ]
         )
         for batch in _batches([len(ids) for ids in ids_per_doc], batch_size, bucket):
-            lengths = [len(ids_per_doc[i]) for i in batch]
-            width = max(lengths)
-            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, : lengths[row]] = torch.tensor(ids_per_doc[i])
-                mask[row, : lengths[row]] = 1
+            input_ids, mask = pad_batch([ids_per_doc[i] for i in batch], tokenizer.pad_token_id)
             input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
             loaded.capture.run(loaded.model, input_ids=input_ids, attention_mask=mask)
             queries, keys = loaded.capture.gathered(mask.bool())
@@ -218,7 +222,7 @@ def extract_shard(
                 keys,
             )
             if on_batch is not None:
-                on_batch(len(batch), sum(lengths))
+                on_batch(len(batch), int(mask.sum()))
         return writer.commit()
     except BaseException:
         writer.abort()

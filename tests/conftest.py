@@ -62,25 +62,17 @@ def _save_tiny_encoder(folder: Path, model_type: str) -> Path:
     from qkscale.models.loader import resolve_source
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_source("minilm"))
-    sizes = {
-        "roberta": dict(
-            hidden_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=3,
-            intermediate_size=96,
-            pad_token_id=tokenizer.pad_token_id,
-            max_position_embeddings=130,
-        ),
-        "distilbert": dict(
-            dim=48,
-            n_layers=2,
-            n_heads=3,
-            hidden_dim=96,
-            pad_token_id=tokenizer.pad_token_id,
-            max_position_embeddings=128,
-        ),
-    }[model_type]
-    config = AutoConfig.for_model(model_type, vocab_size=tokenizer.vocab_size, **sizes)
+    feed_forward = {"roberta": "intermediate_size", "distilbert": "hidden_dim"}[model_type]
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=130,  # RoBERTa's positions start after the padding index
+        **{feed_forward: 96},
+    )
     _save(AutoModel.from_config(config), tokenizer, folder)
     return folder
 
