@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from qkscale.corpus import open_corpus, shards
-from qkscale.corpus.builtin import builtin_sentences, sentences_of
+from qkscale.corpus.builtin import _build, builtin_sentences, sentences_of
 from qkscale.errors import CorpusError
 
 
@@ -23,6 +23,7 @@ def test_builtin_corpus_is_clean_prose():
         assert not sentence.startswith((">>>", "...")) and " = " not in sentence
         assert not re.search(r"\bdef \w+\(", sentence)
     assert list(open_corpus("builtin").documents()) == list(sentences)
+    assert _build() == sentences, "the on-disk cache holds what a fresh build gives"
 
 
 def test_code_is_removed_from_prose():

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
+import json
+import os
 import re
+import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +25,9 @@ _CODE_LINE = re.compile(
     r"|[{}]|;\s*$|^\s*(if|for|while|with|try|else|elif|except)\b.*:\s*$"
 )
 _CODE_IN_SENTENCE = re.compile(r"\s[-+*/]?=\s|==|!=|->|\(\)\.|\w\(\w")
+_LIST_MARKER = re.compile(r"^([*\-\u2022]|\(?\d+[.)]|\(?[a-z][.)]|\[\d+\])\s+")
+_PROSE_CHARS = re.compile(r"[\w\s.,;:!?'\"()*/\[\]\-\u2018\u2019\u201c\u201d]")
+_STRONG = re.compile(r"\*\*(\w[^*]*?)\*\*")  # reST **emphasis**, not the ** operator
 _UNDERLINE = re.compile(r"^\s*([=*\-~^#+])\1{2,}\s*$")
 _SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 MIN_WORDS, MAX_WORDS = 4, 80
@@ -39,7 +46,7 @@ def _paragraphs(text: str) -> Iterator[str]:
             continue  # a literal (code) block after "::"
         if any(_UNDERLINE.match(line) or _CODE_LINE.search(line) for line in lines):
             continue
-        yield " ".join(line.strip() for line in lines)
+        yield _LIST_MARKER.sub("", " ".join(line.strip() for line in lines))
 
 
 def _is_prose(sentence: str) -> bool:
@@ -49,13 +56,14 @@ def _is_prose(sentence: str) -> bool:
     if not sentence[0].isupper() or _CODE_IN_SENTENCE.search(sentence):
         return False
     letters = sum(ch.isalpha() or ch.isspace() for ch in sentence)
-    return letters / len(sentence) >= 0.85
+    prose = len(_PROSE_CHARS.findall(sentence))
+    return letters / len(sentence) >= 0.75 and prose / len(sentence) >= 0.95
 
 
 def sentences_of(text: str) -> Iterator[str]:
     """Yield the prose sentences of one text (code, headings and fragments removed)."""
     for paragraph in _paragraphs(text):
-        paragraph = paragraph.replace("::", ":")
+        paragraph = _STRONG.sub(r"\1", paragraph.replace("::", ":"))
         for sentence in _SENTENCE_END.split(paragraph):
             sentence = sentence.strip()
             if sentence and _is_prose(sentence):
@@ -91,11 +99,39 @@ def _texts() -> Iterator[str]:
         yield from _docstrings(path)
 
 
-@functools.lru_cache(maxsize=1)
-def builtin_sentences() -> tuple[str, ...]:
-    """All sentences of the builtin corpus, de-duplicated, in a deterministic order."""
+def _build() -> tuple[str, ...]:
     seen: dict[str, None] = {}
     for text in _texts():
         for sentence in sentences_of(text):
             seen.setdefault(sentence, None)
     return tuple(seen)
+
+
+def _cache_file() -> Path:
+    """Where the built corpus is kept: one file per Python version and version of this module."""
+    key = hashlib.sha256(f"{sys.version}\0{sysconfig.get_paths()['stdlib']}\0".encode())
+    key.update(Path(__file__).read_bytes())
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qkscale"
+    return root / f"builtin-corpus-{key.hexdigest()[:16]}.json"
+
+
+@functools.lru_cache(maxsize=1)
+def builtin_sentences() -> tuple[str, ...]:
+    """All sentences of the builtin corpus, de-duplicated, in a deterministic order.
+
+    Building takes seconds (every stdlib file is parsed), so the result is cached on disk.
+    """
+    cache = _cache_file()
+    try:
+        return tuple(json.loads(cache.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        pass
+    sentences = _build()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temp = cache.with_name(f".tmp-{os.getpid()}-{cache.name}")
+        temp.write_text(json.dumps(sentences), encoding="utf-8")
+        os.replace(temp, cache)
+    except OSError:
+        pass  # a read-only home: build again next time
+    return sentences
