@@ -146,16 +146,14 @@ def load_workload(args: argparse.Namespace, root: Path) -> Workload:
 # -- passes --------------------------------------------------------------------------------------
 def extraction_pass(work: Workload, bucket: bool) -> Result:
     """``extract_shard`` over every shard into a temp store; ``forward_s`` is the hooked forward."""
-    plan = work.plan
     out = Path(tempfile.mkdtemp(prefix="shards-", dir=work.root))
+    plan = replace(work.plan, out=out)
     forward, tokens = Stopwatch(), 0
     try:
         start = time.perf_counter()
         with timed_capture(work.hooked.capture, forward):
             for shard, docs in enumerate(work.shards):
-                info = extract_shard(work.hooked, docs, out, shard, layers=plan.layers, n_heads=plan.info.n_heads,
-                                     head_dim=plan.info.head_dim, max_length=plan.max_length,
-                                     batch_size=plan.batch_size, bucket=bucket)
+                info = extract_shard(work.hooked, plan, shard, docs, bucket=bucket)
                 tokens += info["n_tokens"]
         seconds = time.perf_counter() - start
     finally:

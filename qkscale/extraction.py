@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ class ExtractionPlan:
     limit_docs: int | None
     device: str
     dtype: str
-    identity: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, Any]
 
     @property
     def n_shards(self) -> int:
@@ -103,19 +103,19 @@ def plan_extraction(
     }
     _check_resumable(out, identity)
     return ExtractionPlan(
-        info,
-        family,
-        chosen,
-        source,
-        n_docs,
-        out,
-        max_length,
-        batch_size,
-        docs_per_shard,
-        limit_docs,
-        device,
-        dtype,
-        identity,
+        info=info,
+        family=family,
+        layers=chosen,
+        corpus=source,
+        n_docs=n_docs,
+        out=out,
+        max_length=max_length,
+        batch_size=batch_size,
+        docs_per_shard=docs_per_shard,
+        limit_docs=limit_docs,
+        device=device,
+        dtype=dtype,
+        identity=identity,
     )
 
 
@@ -127,20 +127,22 @@ def _check_out_is_usable(out: Path) -> None:
 
 
 def _check_resumable(out: Path, identity: dict[str, Any]) -> None:
+    """Refuse to resume a store made with other settings, naming the first that differs."""
     manifest = read_manifest(out)
     if manifest is None:
         return
     for key in _IDENTITY:
-        if manifest.get(key) != identity[key]:
-            theirs, ours = manifest.get(key), identity[key]
-            if key == "model":
-                theirs, ours = theirs.get("source") if isinstance(theirs, dict) else theirs, ours["source"]
-            elif key == "corpus":
-                theirs, ours = theirs.get("spec") if isinstance(theirs, dict) else theirs, ours["spec"]
-            raise StoreError(
-                f"store {out} was made with another {key} ({theirs} there, {ours} now); "
-                "use a new --out or the same settings to resume"
-            )
+        theirs, ours = manifest.get(key), identity[key]
+        if theirs == ours:
+            continue
+        if isinstance(theirs, dict) and isinstance(ours, dict):
+            field_name = next(f for f in ours if theirs.get(f) != ours[f])
+            difference = f"{field_name}: {theirs.get(field_name)} there, {ours[field_name]} now"
+        else:
+            difference = f"{theirs} there, {ours} now"
+        raise StoreError(
+            f"store {out} was made with another {key} ({difference}); use a new --out or the same settings to resume"
+        )
 
 
 @dataclass
@@ -179,26 +181,24 @@ def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
 
 def extract_shard(
     loaded: LoadedModel,
-    docs: list[tuple[int, str]],
-    out: Path,
+    plan: ExtractionPlan,
     shard: int,
+    docs: list[tuple[int, str]],
     *,
-    layers: Sequence[int],
-    n_heads: int,
-    head_dim: int,
-    max_length: int,
-    batch_size: int,
     bucket: bool = True,
-    on_batch: Any = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, int]:
-    """Extract one shard of ``(doc_id, text)`` into ``out`` and commit it atomically."""
-    tokenizer = loaded.tokenizer
+    """Extract shard ``shard`` (its ``(doc_id, text)`` pairs) into the plan's store; commit it atomically.
+
+    ``on_batch(n_docs, n_tokens)`` is called after each batch. Returns the shard's info.
+    """
+    tokenizer, max_length = loaded.tokenizer, plan.max_length
     texts = [text for _, text in docs]
     encoded = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True)
     full_lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     n_special = tokenizer.num_special_tokens_to_add()
     ids_per_doc: list[list[int]] = encoded["input_ids"]
-    writer = ShardWriter(out, shard, layers, n_heads, head_dim)
+    writer = ShardWriter(plan.out, shard, plan.layers, plan.info.n_heads, plan.info.head_dim)
     try:
         writer.add_documents(
             [
@@ -206,7 +206,7 @@ def extract_shard(
                 for (doc, text), ids, full in zip(docs, ids_per_doc, full_lengths, strict=True)
             ]
         )
-        for batch in _batches([len(ids) for ids in ids_per_doc], batch_size, bucket):
+        for batch in _batches([len(ids) for ids in ids_per_doc], plan.batch_size, bucket):
             input_ids, mask = pad_batch([ids_per_doc[i] for i in batch], tokenizer.pad_token_id)
             input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
             loaded.capture.run(loaded.model, input_ids=input_ids, attention_mask=mask)
@@ -295,19 +295,7 @@ def extract(
         for shard, docs in enumerate(shards(plan.documents(), plan.docs_per_shard)):
             if shard in done:
                 continue
-            extract_shard(
-                loaded,
-                docs,
-                plan.out,
-                shard,
-                layers=plan.layers,
-                n_heads=plan.info.n_heads,
-                head_dim=plan.info.head_dim,
-                max_length=plan.max_length,
-                batch_size=plan.batch_size,
-                bucket=bucket,
-                on_batch=on_batch,
-            )
+            extract_shard(loaded, plan, shard, docs, bucket=bucket, on_batch=on_batch)
     finally:
         bar.close()
         loaded.capture.remove()

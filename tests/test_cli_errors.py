@@ -85,7 +85,7 @@ def test_resuming_with_another_model_or_corpus_is_refused(run_cli, bad_inputs, t
     code, _, stderr = run_cli(
         "extract", "--out", out, "--corpus", bad_inputs / "good.txt", "--model", tiny_models["gpt2"]
     )
-    assert code == 2 and "was made with another model (minilm there" in stderr and stderr.count("\n") == 1
+    assert code == 2 and "was made with another model (source: minilm there" in stderr and stderr.count("\n") == 1
     code, _, stderr = run_cli("extract", "--out", out, "--corpus", "builtin")
     assert code == 2 and "was made with another corpus" in stderr
     code, _, stderr = run_cli("extract", "--out", out, "--corpus", bad_inputs / "good.txt", "--layers", "0")
