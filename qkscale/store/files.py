@@ -1,0 +1,45 @@
+"""Atomic writes: a reader sees a file or a folder whole, or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def temp_sibling(path: Path) -> Path:
+    """A unique temporary path beside ``path`` (same file system, so a rename is atomic)."""
+    return path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON to a temp file, flush it to disk, then rename it over ``path``."""
+    temp = temp_sibling(path)
+    with temp.open("w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def commit_dir(temp: Path, final: Path) -> bool:
+    """Rename a finished temp folder to ``final``; False (and the temp removed) if one is there."""
+    try:
+        os.rename(temp, final)
+        return True
+    except OSError:
+        if final.is_dir():
+            shutil.rmtree(temp, ignore_errors=True)
+            return False
+        raise
+
+
+def remove_temps(folder: Path) -> None:
+    """Remove what interrupted writers left behind in ``folder``."""
+    if folder.is_dir():
+        for stale in folder.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)

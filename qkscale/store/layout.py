@@ -1,0 +1,48 @@
+"""Names of the files and columns of a store (the on-disk contract of DESIGN.md).
+
+```
+STORE/
+  manifest.json            model, layers, score scales, corpus, options, shard plan, complete
+  shards/00000/            one folder per shard, committed by an atomic rename
+    tokens.parquet         one row per token, in the row order of vectors.arrow
+    docs.parquet           one row per document: doc, text, n_tokens, truncated
+    vectors.arrow          Arrow IPC file; one column per (kind, layer, head):
+                           "q.{layer}.{head}" / "k.{layer}.{head}", fixed_size_list<float16>[head_dim]
+    shard.json             n_docs, n_tokens, truncated_docs, first_doc
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+FORMAT = "qkscale-store"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SHARDS = "shards"
+TOKENS = "tokens.parquet"
+DOCS = "docs.parquet"
+VECTORS = "vectors.arrow"
+SHARD_INFO = "shard.json"
+TOKEN_SCHEMA = pa.schema(
+    [
+        ("doc", pa.int64()),
+        ("position", pa.int32()),
+        ("token", pa.string()),
+        ("token_id", pa.int32()),
+        ("is_special", pa.bool_()),
+        ("doc_length", pa.int32()),
+        ("rel_position", pa.float32()),
+    ]
+)
+
+
+def shard_dir(root: Path, shard: int) -> Path:
+    return root / SHARDS / f"{shard:05d}"
+
+
+def vector_column(kind: str, layer: int, head: int) -> str:
+    """Column of the queries (``kind='q'``) or keys (``'k'``) of one head."""
+    return f"{kind}.{layer}.{head}"

@@ -1,0 +1,168 @@
+"""Read a store: manifest, token table, one head's queries and keys, recomputed attention."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from qkscale.errors import StoreError
+from qkscale.selection import format_selection
+from qkscale.store import layout
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of the store at ``path``, or None if ``path`` holds no qkscale store."""
+    try:
+        manifest = json.loads((path / layout.MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == layout.FORMAT else None
+
+
+class Store:
+    """A qkscale store on disk. Token ids are row numbers of :attr:`tokens`, everywhere."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        manifest = read_manifest(self.path)
+        if manifest is None:
+            raise StoreError(f"{path} is not a qkscale store (no valid {layout.MANIFEST})")
+        self.manifest: dict[str, Any] = manifest
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, {self.n_tokens} tokens, {len(self.layers)}x{self.n_heads} heads)"
+
+    # -- shape -----------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        """Layers of the model (see :attr:`layers` for those stored)."""
+        return self.manifest["model"]["n_layers"]
+
+    @property
+    def n_heads(self) -> int:
+        return self.manifest["model"]["n_heads"]
+
+    @property
+    def head_dim(self) -> int:
+        return self.manifest["model"]["head_dim"]
+
+    @property
+    def layers(self) -> list[int]:
+        """The layers whose vectors this store holds."""
+        return list(self.manifest["layers"])
+
+    @property
+    def causal(self) -> bool:
+        return bool(self.manifest["model"]["causal"])
+
+    # -- shards ------------------------------------------------------------------------------
+    def committed_shards(self) -> list[int]:
+        """Shards whose folder has been committed, in order."""
+        return [s for s in range(self.manifest["n_shards"]) if (layout.shard_dir(self.path, s) / layout.SHARD_INFO).is_file()]
+
+    def shard_info(self, shard: int) -> dict[str, int]:
+        return json.loads((layout.shard_dir(self.path, shard) / layout.SHARD_INFO).read_text())
+
+    @property
+    def complete(self) -> bool:
+        """True when every planned shard is committed."""
+        return len(self.committed_shards()) == self.manifest["n_shards"]
+
+    @functools.cached_property
+    def _shards(self) -> list[int]:
+        return self.committed_shards()
+
+    @functools.cached_property
+    def _vector_table(self) -> pa.Table:
+        """All committed shards' vectors as one memory-mapped table (no data is read here)."""
+        files = [layout.shard_dir(self.path, s) / layout.VECTORS for s in self._shards]
+        tables = [ipc.open_file(pa.memory_map(str(f))).read_all() for f in files]
+        if not tables:
+            raise StoreError(f"store {self.path} holds no extracted shards yet")
+        return pa.concat_tables(tables)
+
+    # -- tables ------------------------------------------------------------------------------
+    def _table(self, name: str) -> pd.DataFrame:
+        tables = [pq.read_table(layout.shard_dir(self.path, s) / name) for s in self._shards]
+        if not tables:
+            raise StoreError(f"store {self.path} holds no extracted shards yet")
+        return pa.concat_tables(tables).to_pandas()
+
+    @functools.cached_property
+    def tokens(self) -> pd.DataFrame:
+        """One row per token: doc, position, token, token_id, is_special, doc_length, rel_position."""
+        return self._table(layout.TOKENS)
+
+    @functools.cached_property
+    def documents(self) -> pd.DataFrame:
+        """One row per document: doc, text, n_tokens, truncated (indexed by doc)."""
+        return self._table(layout.DOCS).set_index("doc", drop=False)
+
+    @property
+    def n_tokens(self) -> int:
+        return self._vector_table.num_rows
+
+    @functools.cached_property
+    def _doc_start(self) -> pd.Series:
+        tokens = self.tokens
+        return pd.Series(np.flatnonzero(tokens["position"].to_numpy() == 0), index=tokens["doc"][tokens["position"] == 0])
+
+    def doc_rows(self, doc: int) -> slice:
+        """Row range of document ``doc`` in :attr:`tokens` (its tokens are contiguous)."""
+        if doc not in self._doc_start.index:
+            raise StoreError(f"document {doc} is not in store {self.path}")
+        start = int(self._doc_start[doc])
+        return slice(start, start + int(self.tokens["doc_length"].iat[start]))
+
+    # -- vectors -----------------------------------------------------------------------------
+    def _check_head(self, layer: int, head: int) -> None:
+        if layer not in self.layers:
+            raise StoreError(f"layer {layer} is not stored (stored layers: {format_selection(self.layers)})")
+        if not 0 <= head < self.n_heads:
+            raise StoreError(f"head {head} is out of range (this model has {self.n_heads} heads)")
+
+    def _vectors(self, kind: str, layer: int, head: int, rows: slice = slice(None)) -> np.ndarray:
+        """``[n, head_dim]`` float16 vectors of one head, reading only that head's column."""
+        self._check_head(layer, head)
+        start, stop, _ = rows.indices(self.n_tokens)
+        column = self._vector_table.column(layout.vector_column(kind, layer, head)).slice(start, stop - start)
+        parts = [chunk.flatten().to_numpy(zero_copy_only=True) for chunk in column.chunks]
+        return np.concatenate(parts or [np.empty(0, np.float16)]).reshape(-1, self.head_dim)
+
+    def queries(self, layer: int, head: int) -> np.ndarray:
+        """``[n_tokens, head_dim]`` float16 queries of one head."""
+        return self._vectors("q", layer, head)
+
+    def keys(self, layer: int, head: int) -> np.ndarray:
+        """``[n_tokens, head_dim]`` float16 keys of one head."""
+        return self._vectors("k", layer, head)
+
+    def attention(self, doc: int, layer: int, head: int) -> np.ndarray:
+        """``[T, T]`` attention of one document, recomputed from the stored Q/K with the model's mask."""
+        rows = self.doc_rows(doc)
+        q = self._vectors("q", layer, head, rows).astype(np.float32)
+        k = self._vectors("k", layer, head, rows).astype(np.float32)
+        scores = (q @ k.T) * self.manifest["score_scale"][layer]
+        if self.causal:
+            scores[np.triu_indices_from(scores, k=1)] = -np.inf
+        scores -= scores.max(axis=1, keepdims=True)
+        weights = np.exp(scores)
+        return weights / weights.sum(axis=1, keepdims=True)
+
+    def bytes_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def open_store(path: str | Path) -> Store:
+    """Open the store at ``path`` for reading."""
+    if not Path(path).exists():
+        raise StoreError(f"store {path} does not exist")
+    return Store(path)
