@@ -66,7 +66,11 @@ class Store:
     # -- shards ------------------------------------------------------------------------------
     def committed_shards(self) -> list[int]:
         """Shards whose folder has been committed, in order."""
-        return [s for s in range(self.manifest["n_shards"]) if (layout.shard_dir(self.path, s) / layout.SHARD_INFO).is_file()]
+        return [
+            s
+            for s in range(self.manifest["n_shards"])
+            if (layout.shard_dir(self.path, s) / layout.SHARD_INFO).is_file()
+        ]
 
     def shard_info(self, shard: int) -> dict[str, int]:
         return json.loads((layout.shard_dir(self.path, shard) / layout.SHARD_INFO).read_text())
@@ -80,21 +84,21 @@ class Store:
     def _shards(self) -> list[int]:
         return self.committed_shards()
 
+    def _shard_files(self, name: str) -> list[Path]:
+        """File ``name`` of every committed shard, in order."""
+        if not self._shards:
+            raise StoreError(f"store {self.path} holds no extracted shards yet")
+        return [layout.shard_dir(self.path, s) / name for s in self._shards]
+
     @functools.cached_property
     def _vector_table(self) -> pa.Table:
         """All committed shards' vectors as one memory-mapped table (no data is read here)."""
-        files = [layout.shard_dir(self.path, s) / layout.VECTORS for s in self._shards]
-        tables = [ipc.open_file(pa.memory_map(str(f))).read_all() for f in files]
-        if not tables:
-            raise StoreError(f"store {self.path} holds no extracted shards yet")
-        return pa.concat_tables(tables)
+        files = self._shard_files(layout.VECTORS)
+        return pa.concat_tables([ipc.open_file(pa.memory_map(str(f))).read_all() for f in files])
 
     # -- tables ------------------------------------------------------------------------------
     def _table(self, name: str) -> pd.DataFrame:
-        tables = [pq.read_table(layout.shard_dir(self.path, s) / name) for s in self._shards]
-        if not tables:
-            raise StoreError(f"store {self.path} holds no extracted shards yet")
-        return pa.concat_tables(tables).to_pandas()
+        return pa.concat_tables([pq.read_table(f) for f in self._shard_files(name)]).to_pandas()
 
     @functools.cached_property
     def tokens(self) -> pd.DataFrame:
@@ -112,8 +116,8 @@ class Store:
 
     @functools.cached_property
     def _doc_start(self) -> pd.Series:
-        tokens = self.tokens
-        return pd.Series(np.flatnonzero(tokens["position"].to_numpy() == 0), index=tokens["doc"][tokens["position"] == 0])
+        starts = np.flatnonzero(self.tokens["position"].to_numpy() == 0)
+        return pd.Series(starts, index=self.tokens["doc"].to_numpy()[starts])
 
     def doc_rows(self, doc: int) -> slice:
         """Row range of document ``doc`` in :attr:`tokens` (its tokens are contiguous)."""

@@ -77,4 +77,3 @@ class ShardWriter:
         (self.temp / layout.SHARD_INFO).write_text(json.dumps(info))
         commit_dir(self.temp, self.final)
         return info
-
