@@ -72,6 +72,9 @@ def main() -> None:
     except QKScaleError as exc:
         print(f"qkscale: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:  # disk full, permissions: the environment, not a bug in qkscale
+        print(f"qkscale: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("qkscale: interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)

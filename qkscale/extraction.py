@@ -8,6 +8,7 @@ folder (the unit a Dask task will run); :func:`extract` ties them together with 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -120,6 +121,9 @@ def plan_extraction(
 
 
 def _check_out_is_usable(out: Path) -> None:
+    ancestor = next(p for p in (out, *out.parents) if p.exists())
+    if ancestor != out and not (ancestor.is_dir() and os.access(ancestor, os.W_OK)):
+        raise StoreError(f"--out {out} cannot be created: {ancestor} is not a writable folder")
     if out.exists() and not out.is_dir():
         raise StoreError(f"--out {out} exists and is not a qkscale store")
     if out.is_dir() and any(out.iterdir()) and read_manifest(out) is None:

@@ -51,6 +51,7 @@ CASES = [
     ("half precision on CPU", ["--device", "cpu", "--dtype", "float16"], "needs a CUDA device"),
     ("unknown device", ["--device", "tpu"], "--device must be auto, cpu or cuda"),
     ("zero batch size", ["--batch-size", "0"], "--batch-size must be a positive number"),
+    ("out under a file", ["--out", "{root}/a-file/store"], "cannot be created: {root}/a-file is not a writable folder"),
 ]
 
 
@@ -61,7 +62,9 @@ def test_extract_errors_write_nothing(run_cli, bad_inputs, tmp_path, name, args,
     args = [a.format(root=root) for a in args]
     if "--corpus" not in args:
         args += ["--corpus", f"{root}/good.txt"]
-    code, stdout, stderr = run_cli("extract", "--out", out, *args)
+    if "--out" not in args:
+        args += ["--out", str(out)]
+    code, stdout, stderr = run_cli("extract", *args)
     assert code == 2, stderr
     assert stderr.count("\n") == 1 and stderr.startswith("qkscale: error: ")
     assert message.format(root=root) in stderr
