@@ -132,8 +132,14 @@ class Workload:
 
 def extract_options(args: argparse.Namespace) -> dict[str, Any]:
     """Options shared by :func:`plan_extraction` and :func:`qkscale.extract`."""
-    return {"limit_docs": args.docs, "batch_size": args.batch_size, "max_length": args.max_length,
-            "docs_per_shard": args.docs_per_shard, "device": "cpu", "dtype": "float32"}
+    return {
+        "limit_docs": args.docs,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "docs_per_shard": args.docs_per_shard,
+        "device": "cpu",
+        "dtype": "float32",
+    }
 
 
 def load_workload(args: argparse.Namespace, root: Path) -> Workload:
@@ -147,13 +153,13 @@ def load_workload(args: argparse.Namespace, root: Path) -> Workload:
 def extraction_pass(work: Workload, bucket: bool) -> Result:
     """``extract_shard`` over every shard into a temp store; ``forward_s`` is the hooked forward."""
     out = Path(tempfile.mkdtemp(prefix="shards-", dir=work.root))
-    plan = replace(work.plan, out=out)
+    plan = replace(work.plan, out=out, bucket=bucket)
     forward, tokens = Stopwatch(), 0
     try:
         start = time.perf_counter()
         with timed_capture(work.hooked.capture, forward):
             for shard, docs in enumerate(work.shards):
-                info = extract_shard(work.hooked, plan, shard, docs, bucket=bucket)
+                info = extract_shard(work.hooked, plan, shard, docs)
                 tokens += info["n_tokens"]
         seconds = time.perf_counter() - start
     finally:
@@ -177,15 +183,20 @@ def bare_pass(work: Workload, bucket: bool) -> Result:
             tokens += int(mask.sum())
             padded += mask.numel()
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "tokens": tokens, "padded_tokens": padded, "tokenize_s": tokenize.seconds,
-            "forward_s": forward.seconds}
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "padded_tokens": padded,
+        "tokenize_s": tokenize.seconds,
+        "forward_s": forward.seconds,
+    }
 
 
 def api_pass(args: argparse.Namespace, out: Path) -> Result:
     """The whole ``qkscale.extract(...)`` call; its store stays in ``out`` for the size and read checks."""
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    store = qkscale.extract(args.model, "builtin", out, progress=False, bucket=True, **extract_options(args))
+    store = qkscale.extract(args.model, "builtin", out, progress=False, **extract_options(args))
     return {"seconds": time.perf_counter() - start, "tokens": store.n_tokens}
 
 
@@ -224,9 +235,7 @@ def run_repeats(passes: dict[str, Callable[[], Result]], repeats: int) -> list[d
 # -- summary -------------------------------------------------------------------------------------
 def summarize(results: list[dict[str, Result]]) -> dict[str, Any]:
     """min/median/max of every measure of every pass, and the ratios that the benchmark is about."""
-    passes = {
-        name: {key: spread([r[name][key] for r in results]) for key in results[0][name]} for name in PASSES
-    }
+    passes = {name: {key: spread([r[name][key] for r in results]) for key in results[0][name]} for name in PASSES}
 
     def ratio(numerator: str, denominator: str) -> dict[str, Any]:
         seconds = [passes[name]["seconds"] for name in (numerator, denominator)]
@@ -343,9 +352,14 @@ def machine_info() -> dict[str, Any]:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
         "load_average_at_end": load_average(),
-        "versions": {"qkscale": qkscale.__version__, "torch": torch.__version__,
-                     "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
-                     "pyarrow": pa.__version__, "numpy": np.__version__},
+        "versions": {
+            "qkscale": qkscale.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__,
+            "pyarrow": pa.__version__,
+            "numpy": np.__version__,
+        },
     }
 
 
@@ -366,8 +380,10 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for name in PASSES:
         seconds = passes[name]["seconds"]
-        lines.append(f"{LABELS[name]:<30}{seconds['median']:>9.3f} [{seconds['min']:.3f}-{seconds['max']:.3f}]"
-                     f"{passes[name]['tokens_per_s']['median']:>12,.0f}")
+        lines.append(
+            f"{LABELS[name]:<30}{seconds['median']:>9.3f} [{seconds['min']:.3f}-{seconds['max']:.3f}]"
+            f"{passes[name]['tokens_per_s']['median']:>12,.0f}"
+        )
     lines += [
         _ratio_line("overhead extract/bare, bucketed", summary["overhead_bucketed"], " (goal <= 1.05)"),
         _ratio_line("overhead extract/bare, corpus order", summary["overhead_corpus_order"]),
@@ -401,10 +417,12 @@ def _ratio_line(label: str, ratio: dict[str, Any], note: str = "") -> str:
 def _breakdown(passes: dict[str, Any], batching: str) -> str:
     extract, bare = passes[f"extract_{batching}"], passes[f"bare_{batching}"]
     padded = bare["tokens"]["median"] / bare["padded_tokens"]["median"]
-    return (f"{batching:<13} extract: forward {extract['forward_s']['median']:.2f} s + rest "
-            f"{extract['seconds']['median'] - extract['forward_s']['median']:.2f} s | bare: tokenize "
-            f"{bare['tokenize_s']['median']:.2f} s, forward {bare['forward_s']['median']:.2f} s | "
-            f"real/padded tokens {padded:.2f}")
+    return (
+        f"{batching:<13} extract: forward {extract['forward_s']['median']:.2f} s + rest "
+        f"{extract['seconds']['median'] - extract['forward_s']['median']:.2f} s | bare: tokenize "
+        f"{bare['tokenize_s']['median']:.2f} s, forward {bare['forward_s']['median']:.2f} s | "
+        f"real/padded tokens {padded:.2f}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -424,8 +442,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": {**machine_info(), "load_average_at_start": load_at_start},
-            "config": {**vars(args), "docs": work.plan.n_docs, "tmp": str(root), "out": str(args.out),
-                       "layers": work.plan.layers, "corpus_build_s": corpus_build_s},
+            "config": {
+                **vars(args),
+                "docs": work.plan.n_docs,
+                "tmp": str(root),
+                "out": str(args.out),
+                "layers": work.plan.layers,
+                "corpus_build_s": corpus_build_s,
+            },
             "repeats": results,
             "summary": summarize(results),
             "store": store_size(root / "api"),

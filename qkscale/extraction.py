@@ -28,6 +28,10 @@ from qkscale.selection import parse_selection
 from qkscale.store import ShardWriter, Store, layout, read_manifest
 from qkscale.store.files import remove_temps, write_json_atomic
 
+# A document is cut to max_length * this many characters before tokenization: far more than any
+# tokenizer packs into max_length tokens of text, so only documents truncated anyway are cut.
+CHARS_PER_TOKEN_BOUND = 32
+
 # Fields of the manifest that must match for an existing store to be resumed.
 _IDENTITY = ("model", "layers", "corpus", "options")
 
@@ -48,6 +52,7 @@ class ExtractionPlan:
     limit_docs: int | None
     device: str
     dtype: str
+    bucket: bool
     identity: dict[str, Any]
 
     @property
@@ -75,6 +80,7 @@ def plan_extraction(
     docs_per_shard: int = 1024,
     device: str = "auto",
     dtype: str = "auto",
+    bucket: bool = True,
 ) -> ExtractionPlan:
     """Validate every input, cheapest first; raise a :class:`QKScaleError` on the first bad one."""
     for name, value in (
@@ -100,7 +106,15 @@ def plan_extraction(
         "model": info.as_dict(),
         "layers": chosen,
         "corpus": source.describe(),
-        "options": {"max_length": max_length, "docs_per_shard": docs_per_shard, "limit_docs": limit_docs},
+        # Everything that changes the stored rows: batches decide the row order within a shard.
+        "options": {
+            "max_length": max_length,
+            "docs_per_shard": docs_per_shard,
+            "limit_docs": limit_docs,
+            "batch_size": batch_size,
+            "bucket": bucket,
+            "dtype": dtype,
+        },
     }
     _check_resumable(out, identity)
     return ExtractionPlan(
@@ -116,6 +130,7 @@ def plan_extraction(
         limit_docs=limit_docs,
         device=device,
         dtype=dtype,
+        bucket=bucket,
         identity=identity,
     )
 
@@ -126,7 +141,8 @@ def _check_out_is_usable(out: Path) -> None:
         raise StoreError(f"--out {out} cannot be created: {ancestor} is not a writable folder")
     if out.exists() and not out.is_dir():
         raise StoreError(f"--out {out} exists and is not a qkscale store")
-    if out.is_dir() and any(out.iterdir()) and read_manifest(out) is None:
+    leftovers_only = all(p.name.startswith(".tmp-") for p in out.iterdir()) if out.is_dir() else True
+    if not leftovers_only and read_manifest(out) is None:
         raise StoreError(f"--out {out} exists and is not a qkscale store (choose a new or empty folder)")
 
 
@@ -140,8 +156,8 @@ def _check_resumable(out: Path, identity: dict[str, Any]) -> None:
         if theirs == ours:
             continue
         if isinstance(theirs, dict) and isinstance(ours, dict):
-            field_name = next(f for f in ours if theirs.get(f) != ours[f])
-            difference = f"{field_name}: {theirs.get(field_name)} there, {ours[field_name]} now"
+            field_name = next(f for f in [*ours, *theirs] if theirs.get(f) != ours.get(f))
+            difference = f"{field_name}: {theirs.get(field_name)} there, {ours.get(field_name)} now"
         else:
             difference = f"{theirs} there, {ours} now"
         raise StoreError(
@@ -189,7 +205,6 @@ def extract_shard(
     shard: int,
     docs: list[tuple[int, str]],
     *,
-    bucket: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, int]:
     """Extract shard ``shard`` (its ``(doc_id, text)`` pairs) into the plan's store; commit it atomically.
@@ -197,7 +212,10 @@ def extract_shard(
     ``on_batch(n_docs, n_tokens)`` is called after each batch. Returns the shard's info.
     """
     tokenizer, max_length = loaded.tokenizer, plan.max_length
-    texts = [text for _, text in docs]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out either way
+    # Cut very long documents before tokenizing, so that work and memory follow --max-length.
+    max_chars = max_length * CHARS_PER_TOKEN_BOUND
+    texts = [text[:max_chars] for _, text in docs]
     encoded = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True)
     full_lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     n_special = tokenizer.num_special_tokens_to_add()
@@ -206,12 +224,17 @@ def extract_shard(
     try:
         writer.add_documents(
             [
-                {"doc": doc, "text": text, "n_tokens": len(ids), "truncated": full + n_special > max_length}
-                for (doc, text), ids, full in zip(docs, ids_per_doc, full_lengths, strict=True)
+                {
+                    "doc": doc,
+                    "text": text,
+                    "n_tokens": len(ids),
+                    "truncated": full + n_special > max_length or len(text) < len(original),
+                }
+                for (doc, original), text, ids, full in zip(docs, texts, ids_per_doc, full_lengths, strict=True)
             ]
         )
-        for batch in _batches([len(ids) for ids in ids_per_doc], plan.batch_size, bucket):
-            input_ids, mask = pad_batch([ids_per_doc[i] for i in batch], tokenizer.pad_token_id)
+        for batch in _batches([len(ids) for ids in ids_per_doc], plan.batch_size, plan.bucket):
+            input_ids, mask = pad_batch([ids_per_doc[i] for i in batch], pad_id)
             input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
             loaded.capture.run(loaded.model, input_ids=input_ids, attention_mask=mask)
             queries, keys = loaded.capture.gathered(mask.bool())
@@ -255,14 +278,14 @@ def extract(
     out: str | Path = "store",
     *,
     progress: bool = True,
-    bucket: bool = True,
     **options: Any,
 ) -> Store:
     """Extract the queries and keys of ``model`` over ``corpus`` into the store ``out``.
 
     Options: ``max_length`` (128), ``batch_size`` (64), ``limit_docs``, ``layers`` ("0,2-4" or a
-    list), ``docs_per_shard`` (1024), ``device`` ("auto"), ``dtype`` ("auto"). An existing store
-    made with the same settings is resumed: committed shards are kept, the others are extracted.
+    list), ``docs_per_shard`` (1024), ``device`` ("auto"), ``dtype`` ("auto"), ``bucket`` (True:
+    batch documents of similar length). An existing store made with the same settings is
+    resumed: committed shards are kept, the others are extracted.
     """
     plan = plan_extraction(model, corpus, out, **options)
     existing = read_manifest(plan.out)
@@ -278,12 +301,14 @@ def extract(
         "n_docs": plan.n_docs,
         "n_shards": plan.n_shards,
         "complete": False,
-        "extraction": {"device": plan.device, "dtype": plan.dtype, "batch_size": plan.batch_size, "bucket": bucket},
+        "device": plan.device,
     }
-    (plan.out / layout.SHARDS).mkdir(parents=True, exist_ok=True)
-    remove_temps(plan.out / layout.SHARDS)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    remove_temps(plan.out)
     if read_manifest(plan.out) is None:
         write_json_atomic(plan.out / layout.MANIFEST, manifest)
+    (plan.out / layout.SHARDS).mkdir(exist_ok=True)
+    remove_temps(plan.out / layout.SHARDS)
     store = Store(plan.out)
     done = set(store.committed_shards())
     bar = _progress_bar(plan.n_docs, sum(store.shard_info(s)["n_docs"] for s in done), progress)
@@ -299,7 +324,7 @@ def extract(
         for shard, docs in enumerate(shards(plan.documents(), plan.docs_per_shard)):
             if shard in done:
                 continue
-            extract_shard(loaded, plan, shard, docs, bucket=bucket, on_batch=on_batch)
+            extract_shard(loaded, plan, shard, docs, on_batch=on_batch)
     finally:
         bar.close()
         loaded.capture.remove()

@@ -49,7 +49,7 @@ CASES = [
     ("bad layers", ["--layers", "two"], "is not a list like 0,2-4"),
     ("max length above model", ["--max-length", "4096"], "exceeds the model's 512 positions"),
     ("half precision on CPU", ["--device", "cpu", "--dtype", "float16"], "needs a CUDA device"),
-    ("unknown device", ["--device", "tpu"], "--device must be auto, cpu or cuda"),
+    ("unknown device", ["--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
     ("zero batch size", ["--batch-size", "0"], "--batch-size must be a positive number"),
     ("out under a file", ["--out", "{root}/a-file/store"], "cannot be created: {root}/a-file is not a writable folder"),
 ]

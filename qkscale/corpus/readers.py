@@ -121,7 +121,8 @@ class Corpus:
 
 
 def open_corpus(spec: str | Path) -> Corpus:
-    """``builtin`` or a path: a .txt/.jsonl/.parquet file, or a folder searched recursively."""
+    """``builtin`` or a path: a .txt/.jsonl/.parquet file, or a folder searched recursively
+    (hidden files and qkscale stores inside it are skipped)."""
     if str(spec) == BUILTIN:
         return Corpus(BUILTIN)
     path = Path(spec).expanduser()
@@ -129,7 +130,7 @@ def open_corpus(spec: str | Path) -> Corpus:
         raise CorpusError(f"corpus path {spec} does not exist (give 'builtin' or a file or folder)")
     suffixes = ", ".join(READERS)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in READERS)
+        files = _corpus_files(path)
         if not files:
             raise CorpusError(f"corpus folder {spec} holds no {suffixes} files")
     elif path.suffix.lower() in READERS:
@@ -137,6 +138,22 @@ def open_corpus(spec: str | Path) -> Corpus:
     else:
         raise CorpusError(f"corpus file {spec} is not one of {suffixes}")
     return Corpus(str(path.resolve()), [p.resolve() for p in files])
+
+
+def _corpus_files(folder: Path) -> list[Path]:
+    """Readable files under ``folder``, sorted; hidden paths and qkscale stores (an --out placed
+    inside the corpus folder) are left out."""
+    from qkscale.store import read_manifest
+
+    stores = [m.parent for m in folder.rglob("manifest.json") if read_manifest(m.parent) is not None]
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in READERS
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and not any(store in p.parents for store in stores)
+    )
 
 
 def shards(documents: Iterator[str], docs_per_shard: int) -> Iterator[list[tuple[int, str]]]:

@@ -21,10 +21,14 @@ class Family:
     key: str | None = None
     fused_qkv: str | None = None
     causal: bool = False
+    positions_after_padding: bool = False  # RoBERTa: position ids start at pad_token_id + 1
 
+
+_BERT_ATTENTION = "encoder.layer.{layer}.attention.self"
 
 FAMILIES: tuple[Family, ...] = (
-    Family("bert", ("bert", "roberta"), "encoder.layer.{layer}.attention.self", "query", "key"),
+    Family("bert", ("bert",), _BERT_ATTENTION, "query", "key"),
+    Family("roberta", ("roberta",), _BERT_ATTENTION, "query", "key", positions_after_padding=True),
     Family("distilbert", ("distilbert",), "transformer.layer.{layer}.attention", "q_lin", "k_lin"),
     Family("gpt2", ("gpt2",), "h.{layer}.attn", fused_qkv="c_attn", causal=True),
 )

@@ -71,9 +71,17 @@ def inspect_model(source: str) -> tuple[ModelInfo, Family]:
         n_heads=n_heads,
         head_dim=config.hidden_size // n_heads,
         causal=family.causal,
-        max_positions=getattr(config, "max_position_embeddings", None),
+        max_positions=_max_positions(config, family),
     )
     return info, family
+
+
+def _max_positions(config, family: Family) -> int | None:
+    """The longest input the model's position embeddings allow."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and family.positions_after_padding:
+        limit -= (config.pad_token_id or 0) + 1
+    return limit
 
 
 def resolve_device(device: str) -> str:
@@ -82,10 +90,18 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise OptionError(f"--device must be auto, cpu or cuda, not '{device}'")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise OptionError("--device cuda was asked for but torch sees no CUDA GPU")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise OptionError(f"--device must be auto, cpu, cuda or cuda:N, not '{device}'")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise OptionError(f"--device {device} was asked for but torch sees no CUDA GPU")
+        if parsed.index is not None and parsed.index >= count:
+            raise OptionError(f"--device {device}: torch sees only {count} CUDA GPU(s)")
     return device
 
 
@@ -114,7 +130,7 @@ def load_model(source: str, device: str = "cpu", dtype: str = "float32"):
         model = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the model in {source}: {str(exc).splitlines()[0]}") from None
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token is None and (tokenizer.eos_token or tokenizer.unk_token):
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return model.to(device).eval(), tokenizer
 

@@ -26,10 +26,25 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(temp, path)
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def commit_dir(temp: Path, final: Path) -> bool:
-    """Rename a finished temp folder to ``final``; False (and the temp removed) if one is there."""
+    """Flush a finished temp folder to disk and rename it to ``final``.
+
+    Returns False (and removes the temp) if ``final`` is already there: shards are deterministic,
+    so a second writer of the same shard has nothing to add.
+    """
+    for file in temp.iterdir():
+        _fsync(file)
     try:
         os.rename(temp, final)
+        _fsync(final.parent)
         return True
     except OSError:
         if final.is_dir():

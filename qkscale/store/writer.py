@@ -55,10 +55,12 @@ class ShardWriter:
         self._docs.extend(docs)
 
     def abort(self) -> None:
-        """Drop the unfinished shard (its temp folder)."""
-        self._vectors.close()
-        self._sink.close()
-        shutil.rmtree(self.temp, ignore_errors=True)
+        """Drop the unfinished shard (its temp folder); safe to call after a failed commit."""
+        try:
+            if not self._sink.closed:
+                self._sink.close()  # the IPC footer is not needed: the file is thrown away
+        finally:
+            shutil.rmtree(self.temp, ignore_errors=True)
 
     def commit(self) -> dict:
         """Finish the files, then atomically rename the shard into the store. Returns its info."""
