@@ -30,18 +30,25 @@ def _write_lines(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def _save_tiny_gpt2(folder: Path) -> Path:
-    """A randomly initialised GPT-2 with a byte-level BPE tokenizer trained on builtin prose."""
+# Random weights this large give peaked attention, so that the oracle can tell heads apart.
+INITIALIZER_RANGE = 0.2
+
+
+def _save_tiny_gpt2(folder: Path, special_tokens: bool = True) -> Path:
+    """A randomly initialised GPT-2 with a byte-level BPE tokenizer trained on builtin prose.
+
+    Without ``special_tokens`` the tokenizer has no pad, eos, bos or unk token at all.
+    """
     from tokenizers import ByteLevelBPETokenizer
     from transformers import AutoModel, GPT2Config, GPT2TokenizerFast
 
     from qkscale.corpus.builtin import builtin_sentences
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(builtin_sentences()[:3000], vocab_size=600, special_tokens=["<|endoftext|>"])
-    tokenizer = GPT2TokenizerFast(
-        tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
-    )
+    end = ["<|endoftext|>"] if special_tokens else []
+    bpe.train_from_iterator(builtin_sentences()[:3000], vocab_size=600, special_tokens=end)
+    names = dict.fromkeys(("eos_token", "bos_token", "unk_token"), end[0] if end else None)
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, **names)
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=128,
@@ -50,6 +57,7 @@ def _save_tiny_gpt2(folder: Path) -> Path:
         n_head=4,
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        initializer_range=INITIALIZER_RANGE,
     )
     _save(AutoModel.from_config(config), tokenizer, folder)
     return folder
@@ -71,6 +79,7 @@ def _save_tiny_encoder(folder: Path, model_type: str) -> Path:
         num_attention_heads=3,
         pad_token_id=tokenizer.pad_token_id,
         max_position_embeddings=130,  # RoBERTa's positions start after the padding index
+        initializer_range=INITIALIZER_RANGE,
         **{feed_forward: 96},
     )
     _save(AutoModel.from_config(config), tokenizer, folder)

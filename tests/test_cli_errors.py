@@ -93,9 +93,49 @@ def test_resuming_with_another_model_or_corpus_is_refused(run_cli, bad_inputs, t
     assert code == 2 and "was made with another corpus" in stderr
     code, _, stderr = run_cli("extract", "--out", out, "--corpus", bad_inputs / "good.txt", "--layers", "0")
     assert code == 2 and "was made with another layers" in stderr
+    code, _, stderr = run_cli("extract", "--out", out, "--corpus", bad_inputs / "good.txt", "--batch-size", "8")
+    assert code == 2 and "another options (batch_size: 64 there, 8 now)" in stderr
     assert _snapshot(out) == before
     code, stdout, _ = run_cli("extract", "--out", out, "--corpus", bad_inputs / "good.txt")  # same settings: no-op
     assert code == 0 and "complete" in stdout and _snapshot(out) == before
+
+
+def test_manifest_from_another_version_is_refused_cleanly(run_cli, bad_inputs, tmp_path):
+    out = tmp_path / "store"
+    assert run_cli("extract", "--out", out, "--corpus", bad_inputs / "good.txt")[0] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["options"]["future_option"] = 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    code, _, stderr = run_cli("extract", "--out", out, "--corpus", bad_inputs / "good.txt")
+    assert code == 2 and "another options (future_option: 1 there, None now)" in stderr
+
+
+def test_roberta_position_limit(run_cli, bad_inputs, tmp_path, tiny_models):
+    # 130 position embeddings, padding index 0: positions 1..129, so at most 129 tokens.
+    code, _, stderr = run_cli(
+        "extract",
+        "--model",
+        tiny_models["roberta"],
+        "--corpus",
+        bad_inputs / "good.txt",
+        "--out",
+        tmp_path / "s",
+        "--max-length",
+        "130",
+    )
+    assert code == 2 and "exceeds the model's 129 positions" in stderr and not (tmp_path / "s").exists()
+    code, _, stderr = run_cli(
+        "extract",
+        "--model",
+        tiny_models["roberta"],
+        "--corpus",
+        bad_inputs / "good.txt",
+        "--out",
+        tmp_path / "s",
+        "--max-length",
+        "129",
+    )
+    assert code == 0, stderr
 
 
 def test_usage_errors_are_one_line(run_cli):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tracemalloc
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -54,8 +55,12 @@ def test_reading_streams_a_large_file(tmp_path):
     with path.open("w", encoding="utf-8") as handle:
         for i in range(200_000):
             handle.write(f"document number {i}\n")
+    tracemalloc.start()
     documents = open_corpus(path).documents()
-    assert next(documents) == "document number 0"  # no full read before the first document
+    assert next(documents) == "document number 0"
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < path.stat().st_size / 20, "the first document came without reading the whole file"
     assert sum(1 for _ in documents) == 199_999
 
 

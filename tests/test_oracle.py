@@ -32,7 +32,7 @@ def test_attention_from_store_equals_model_attention(family, sentence_stores, mo
     attentions, lengths = _eager_attentions(model_sources[family])
     assert len(attentions) == store.n_layers == len(store.layers)
     assert max(lengths) == MAX_LENGTH and min(lengths) < MAX_LENGTH / 2  # truncation and padding both occur
-    worst = 0.0
+    worst = uniform_gap = 0.0
     for doc, length in enumerate(lengths):
         for layer in store.layers:
             for head in range(store.n_heads):
@@ -40,7 +40,15 @@ def test_attention_from_store_equals_model_attention(family, sentence_stores, mo
                 theirs = attentions[layer][doc, head, :length, :length].numpy()
                 assert ours.shape == (length, length)
                 worst = max(worst, float(np.abs(ours - theirs).max()))
+                uniform_gap = max(uniform_gap, float(np.abs(_uniform_like(ours, store.causal) - theirs).max()))
     assert worst < 2e-3, f"{family}: max |attention difference| {worst:.2e}"
+    assert uniform_gap > 50 * 2e-3, f"{family}: attention too flat for the oracle to discriminate"
+
+
+def _uniform_like(attention: np.ndarray, causal: bool) -> np.ndarray:
+    """What a model attending evenly to every visible token would give: the oracle must reject it."""
+    visible = np.tril(np.ones_like(attention)) if causal else np.ones_like(attention)
+    return visible / visible.sum(axis=1, keepdims=True)
 
 
 def test_gpt2_attention_is_causal(sentence_stores):

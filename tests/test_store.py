@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 
 import qkscale
 from qkscale.errors import StoreError
+from qkscale.extraction import CHARS_PER_TOKEN_BOUND
 from qkscale.models.loader import resolve_source
 from qkscale.store import layout
 
@@ -83,20 +84,31 @@ def test_documents_and_manifest(builtin_store):
     assert (builtin_store.n_layers, builtin_store.n_heads, builtin_store.head_dim) == (6, 12, 32)
 
 
-def test_truncated_documents_are_counted(sentence_stores):
-    store = sentence_stores["minilm"]
-    tokenizer = AutoTokenizer.from_pretrained(resolve_source("minilm"))
+@pytest.mark.parametrize("family", ["minilm", "gpt2"])
+def test_truncated_documents_are_counted(family, sentence_stores, model_sources):
+    store = sentence_stores[family]
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source(model_sources[family]))
     expected = [len(tokenizer(text)["input_ids"]) > MAX_LENGTH for text in SENTENCES]
     assert store.documents["truncated"].tolist() == expected and expected[-1] and not expected[0]
     assert store.manifest["truncated_docs"] == sum(expected)
     assert store.tokens["doc_length"].max() == MAX_LENGTH
 
 
-def test_layer_subset(tmp_path, sentences_file):
-    store = qkscale.extract(corpus=sentences_file, out=tmp_path / "s", layers="1,3-4", progress=False)
+def test_layer_subset(tmp_path, sentences_file, sentence_stores):
+    full = sentence_stores["minilm"]
+    store = qkscale.extract(
+        corpus=sentences_file,
+        out=tmp_path / "s",
+        layers="1,3-4",
+        progress=False,
+        max_length=MAX_LENGTH,
+        batch_size=4,
+        docs_per_shard=4,
+    )
     assert store.layers == [1, 3, 4] and store.n_layers == 6
-    full = qkscale.open_store(tmp_path / "s")
-    assert full.queries(3, 5).shape[0] == len(full.tokens)
+    for layer in store.layers:
+        np.testing.assert_array_equal(store.queries(layer, 5), full.queries(layer, 5))
+        np.testing.assert_array_equal(store.keys(layer, 5), full.keys(layer, 5))
     with pytest.raises(StoreError, match="layer 2 is not stored"):
         store.queries(2, 0)
     with pytest.raises(StoreError, match="head 12 is out of range"):
@@ -109,6 +121,39 @@ def test_inspect_reports_store(run_cli, builtin_store):
     assert "6 layers x 12 heads x 32 dims" in out and "complete" in out and "60 of 60" in out
     code, out, _ = run_cli("inspect", builtin_store.path, "--json")
     assert code == 0 and f'"tokens": {builtin_store.n_tokens}' in out
+
+
+def test_tokenizer_without_any_special_token(tmp_path, sentences_file):
+    from conftest import _save_tiny_gpt2
+
+    model = _save_tiny_gpt2(tmp_path / "model", special_tokens=False)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    assert tokenizer.pad_token is None and tokenizer.eos_token is None
+    store = qkscale.extract(
+        str(model), sentences_file, tmp_path / "s", batch_size=4, max_length=MAX_LENGTH, progress=False
+    )
+    expected = [len(tokenizer(text, truncation=True, max_length=MAX_LENGTH)["input_ids"]) for text in SENTENCES]
+    assert store.documents["n_tokens"].tolist() == expected
+    assert not store.tokens["is_special"].any()
+
+
+def test_store_inside_the_corpus_folder_is_not_read_as_corpus(tmp_path, run_cli):
+    (tmp_path / "docs.txt").write_text("A first document.\nA second one.\n", encoding="utf-8")
+    for _ in range(2):  # the rerun must not pick up the store's own parquet files as corpus
+        code, _, stderr = run_cli("extract", "--corpus", tmp_path, "--out", tmp_path / "store")
+        assert code == 0, stderr
+    assert qkscale.open_store(tmp_path / "store").manifest["n_docs"] == 2
+
+
+def test_huge_document_is_cut_before_tokenizing(tmp_path):
+    text = " ".join(f"word{i}" for i in range(100_000))  # 688 kB on one line
+    (tmp_path / "huge.txt").write_text(text + "\nA short one.\n", encoding="utf-8")
+    store = qkscale.extract(corpus=tmp_path / "huge.txt", out=tmp_path / "s", max_length=16, progress=False)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source("minilm"))
+    expected = tokenizer(text, truncation=True, max_length=16)["input_ids"]
+    assert store.tokens["token_id"].iloc[store.doc_rows(0)].tolist() == expected
+    assert store.documents["truncated"].tolist() == [True, False]
+    assert len(store.documents["text"].iat[0]) <= 16 * CHARS_PER_TOKEN_BOUND
 
 
 def test_open_store_errors(tmp_path):

@@ -136,9 +136,17 @@ def load_model(source: str, device: str = "cpu", dtype: str = "float32"):
 
 
 def score_scales(model, family: Family, n_layers: int, head_dim: int) -> list[float]:
-    """The factor each layer multiplies q·k by, read from its attention module's ``scaling``."""
+    """The factor each layer multiplies q·k by, read from its attention module's ``scaling``.
+
+    Older transformers releases have no ``scaling`` attribute: the factor then comes from the
+    config (1/sqrt(head_dim), divided by layer + 1 where ``scale_attn_by_inverse_layer_idx``).
+    """
+    config = model.config
     scales = []
     for layer in range(n_layers):
         attention = model.get_submodule(family.attention.format(layer=layer))
-        scales.append(float(getattr(attention, "scaling", head_dim**-0.5)))
+        fallback = head_dim**-0.5 if getattr(config, "scale_attn_weights", True) else 1.0
+        if getattr(config, "scale_attn_by_inverse_layer_idx", False):
+            fallback /= layer + 1
+        scales.append(float(getattr(attention, "scaling", fallback)))
     return scales
