@@ -58,6 +58,7 @@ def _save_tiny_gpt2(folder: Path, special_tokens: bool = True) -> Path:
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         initializer_range=INITIALIZER_RANGE,
+        scale_attn_by_inverse_layer_idx=True,  # per-layer score scales: the oracle checks them too
     )
     _save(AutoModel.from_config(config), tokenizer, folder)
     return folder

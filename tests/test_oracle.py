@@ -63,3 +63,5 @@ def test_manifest_records_each_family(sentence_stores):
         assert model["causal"] is (family == "gpt2")
         assert store.head_dim * store.n_heads == {"minilm": 384, "gpt2": 64}.get(family, 48)
         assert len(store.manifest["score_scale"]) == store.n_layers
+    scales = sentence_stores["gpt2"].manifest["score_scale"]
+    assert scales == pytest.approx([16**-0.5 / (layer + 1) for layer in range(3)])
