@@ -112,29 +112,10 @@ def test_manifest_from_another_version_is_refused_cleanly(run_cli, bad_inputs, t
 
 def test_roberta_position_limit(run_cli, bad_inputs, tmp_path, tiny_models):
     # 130 position embeddings, padding index 0: positions 1..129, so at most 129 tokens.
-    code, _, stderr = run_cli(
-        "extract",
-        "--model",
-        tiny_models["roberta"],
-        "--corpus",
-        bad_inputs / "good.txt",
-        "--out",
-        tmp_path / "s",
-        "--max-length",
-        "130",
-    )
+    args = ["extract", "--model", tiny_models["roberta"], "--corpus", bad_inputs / "good.txt", "--out", tmp_path / "s"]
+    code, _, stderr = run_cli(*args, "--max-length", "130")
     assert code == 2 and "exceeds the model's 129 positions" in stderr and not (tmp_path / "s").exists()
-    code, _, stderr = run_cli(
-        "extract",
-        "--model",
-        tiny_models["roberta"],
-        "--corpus",
-        bad_inputs / "good.txt",
-        "--out",
-        tmp_path / "s",
-        "--max-length",
-        "129",
-    )
+    code, _, stderr = run_cli(*args, "--max-length", "129")
     assert code == 0, stderr
 
 
