@@ -305,7 +305,7 @@ def extract(
     }
     plan.out.mkdir(parents=True, exist_ok=True)
     remove_temps(plan.out)
-    if read_manifest(plan.out) is None:
+    if existing is None:
         write_json_atomic(plan.out / layout.MANIFEST, manifest)
     (plan.out / layout.SHARDS).mkdir(exist_ok=True)
     remove_temps(plan.out / layout.SHARDS)
@@ -329,7 +329,7 @@ def extract(
         bar.close()
         loaded.capture.remove()
     infos = [store.shard_info(s) for s in range(plan.n_shards)]
-    manifest = read_manifest(plan.out) or manifest
+    manifest = existing or manifest
     manifest.update(
         complete=True,
         n_tokens=sum(i["n_tokens"] for i in infos),

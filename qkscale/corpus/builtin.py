@@ -19,6 +19,8 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+from qkscale.store.files import write_json_atomic
+
 _SENTENCE_END = re.compile(r"(?<!\be\.g\.)(?<!\bi\.e\.)(?<!\betc\.)(?<!\bvs\.)(?<=[.!?])\s+(?=[A-Z(\"'])")
 _CODE_LINE = re.compile(
     r"^\s*(>>>|\.\.\.|\$ |@\w|def |class \w+[(:]|import |from \S+ import |return\b|[\w.\[\]]+ [-+*/]?= )"
@@ -129,9 +131,7 @@ def builtin_sentences() -> tuple[str, ...]:
     sentences = _build()
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        temp = cache.with_name(f".tmp-{os.getpid()}-{cache.name}")
-        temp.write_text(json.dumps(sentences), encoding="utf-8")
-        os.replace(temp, cache)
+        write_json_atomic(cache, list(sentences))
     except OSError:
         pass  # a read-only home: build again next time
     return sentences

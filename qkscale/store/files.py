@@ -15,7 +15,7 @@ def temp_sibling(path: Path) -> Path:
     return path.with_name(f".tmp-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temp file, flush it to disk, then rename it over ``path``."""
     temp = temp_sibling(path)
     with temp.open("w", encoding="utf-8") as handle:
