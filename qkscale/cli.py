@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from qkscale.errors import QKScaleError
+from qkscale.project.run import DEFAULT_SAMPLE
 
 app = typer.Typer(
     help="AttentionViz-style joint query-key embeddings at corpus scale.",
@@ -63,6 +64,59 @@ def inspect(
 
     summary = summarize(open_store(store))
     typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
+@app.command()
+def project(
+    store: Annotated[Path, typer.Argument(help="Store folder (a complete extraction).")],
+    method: Annotated[str, typer.Option(help="umap, tsne or pca.")] = "umap",
+    dims: Annotated[int, typer.Option(help="2 or 3.")] = 2,
+    backend: Annotated[str, typer.Option(help="auto (cuml, else torchdr on a GPU, else cpu), cuml, torchdr or cpu.")] = "auto",
+    layers: Annotated[str | None, typer.Option(help="Layers to project, e.g. 0,2-4 (default all stored).")] = None,
+    heads: Annotated[str | None, typer.Option(help="Heads to project, e.g. 0-3 (default all).")] = None,
+    sample: Annotated[int, typer.Option(help="Points fitted per head; the rest are placed by their neighbours.")] = (
+        DEFAULT_SAMPLE
+    ),
+    metric: Annotated[str, typer.Option(help="cosine (as AttentionViz) or euclidean.")] = "cosine",
+    seed: Annotated[int, typer.Option(help="Random seed (CPU results are reproducible).")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Recompute heads that already have this projection.")] = False,
+) -> None:
+    """Jointly embed every selected head's queries and keys in 2D/3D (one file per head, resumable)."""
+    from qkscale.project import plan_projection, run_plan
+
+    plan = plan_projection(
+        store,
+        method=method,
+        dims=dims,
+        backend=backend,
+        layers=layers,
+        heads=heads,
+        sample=sample,
+        metric=metric,
+        seed=seed,
+        force=force,
+    )
+    if plan.done:
+        typer.echo(f"{len(plan.done)} of {len(plan.heads)} heads already projected; skipping them (--force redoes them)")
+    records = run_plan(plan)
+    if records:
+        trust = [r["trustworthiness"] for r in records]
+        typer.echo(
+            f"projected {len(records)} heads with {records[0]['library']} on {records[0]['device']}: "
+            f"trustworthiness {min(trust):.3f}-{max(trust):.3f}, {sum(r['seconds'] for r in records):.1f} s"
+        )
+
+
+@app.command()
+def metrics(
+    store: Annotated[Path, typer.Argument(help="Store folder (a complete extraction).")],
+    force: Annotated[bool, typer.Option("--force", help="Recompute metrics that already exist.")] = False,
+    top: Annotated[int, typer.Option(help="Heads to list per statistic.")] = 3,
+) -> None:
+    """Per-head statistics (entropy, attended distance, sinks, neighbour masses, norms) and head similarity."""
+    from qkscale.metrics import compute_metrics, format_metrics
+
+    typer.echo(format_metrics(compute_metrics(store, force=force), top=top))
 
 
 def main() -> None:

@@ -32,7 +32,17 @@ def summarize(store: Store) -> dict[str, Any]:
         "shards": manifest["n_shards"],
         "bytes": store.bytes_on_disk(),
         "complete": len(shards) == manifest["n_shards"],
+        "projections": {key: [list(h) for h in heads] for key, heads in store.projections().items()},
+        "metrics": store.has_metrics,
     }
+
+
+def format_heads(heads: list[list[int]]) -> str:
+    """``[[0, 0], [0, 1], [2, 5]]`` as ``L0 H0-1; L2 H5``."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+    return "; ".join(f"L{layer} H{format_selection(h)}" for layer, h in by_layer.items())
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -56,5 +66,8 @@ def format_summary(s: dict[str, Any]) -> str:
         ("shards", f"{s['shards_done']}/{s['shards']}"),
         ("on disk", f"{s['bytes'] / 2**20:,.1f} MiB"),
         ("status", status),
+        ("metrics", "computed" if s["metrics"] else "not computed (qkscale metrics)"),
     ]
+    for key, heads in s["projections"].items():
+        rows.append(("projection", f"{key}: {len(heads)} heads ({format_heads(heads)})"))
     return "\n".join(f"{name:<10} {value}" for name, value in rows)

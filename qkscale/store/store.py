@@ -13,9 +13,10 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from qkscale.attention import attention_weights
 from qkscale.errors import StoreError
 from qkscale.selection import format_selection
-from qkscale.store import layout
+from qkscale.store import layout, metrics_files, projections
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
@@ -126,6 +127,12 @@ class Store:
         start = int(self._doc_start[doc])
         return slice(start, start + int(self.tokens["doc_length"].iat[start]))
 
+    def shard_rows(self, shard: int) -> slice:
+        """Row range of committed shard ``shard`` in :attr:`tokens`."""
+        position = self._shards.index(shard)
+        start = sum(self.shard_info(s)["n_tokens"] for s in self._shards[:position])
+        return slice(start, start + self.shard_info(shard)["n_tokens"])
+
     # -- vectors -----------------------------------------------------------------------------
     def _check_head(self, layer: int, head: int) -> None:
         if layer not in self.layers:
@@ -152,14 +159,62 @@ class Store:
     def attention(self, doc: int, layer: int, head: int) -> np.ndarray:
         """``[T, T]`` attention of one document, recomputed from the stored Q/K with the model's mask."""
         rows = self.doc_rows(doc)
-        q = self._vectors("q", layer, head, rows).astype(np.float32)
-        k = self._vectors("k", layer, head, rows).astype(np.float32)
-        scores = (q @ k.T) * self.manifest["score_scale"][layer]
-        if self.causal:
-            scores[np.triu_indices_from(scores, k=1)] = -np.inf
-        scores -= scores.max(axis=1, keepdims=True)
-        weights = np.exp(scores)
-        return weights / weights.sum(axis=1, keepdims=True)
+        q = self._vectors("q", layer, head, rows)
+        k = self._vectors("k", layer, head, rows)
+        return attention_weights(q, k, self.score_scale(layer), self.causal)
+
+    def score_scale(self, layer: int) -> float:
+        """The factor the model multiplies ``q·k`` by in ``layer`` (usually ``1/sqrt(head_dim)``)."""
+        return float(self.manifest["score_scale"][layer])
+
+    # -- metrics -------------------------------------------------------------------------------
+    @property
+    def has_metrics(self) -> bool:
+        return (self.path / metrics_files.METRICS / metrics_files.HEADS).is_file()
+
+    def _metrics_file(self, name: str) -> pd.DataFrame:
+        if not self.has_metrics:
+            raise StoreError(f"store {self.path} has no head metrics yet; run `qkscale metrics {self.path}`")
+        return metrics_files.read_metrics(self.path, name)
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        """One row per (layer, head): entropy, attended distance, sink and neighbour masses, norms, order."""
+        return self._metrics_file(metrics_files.HEADS)
+
+    @property
+    def head_similarity(self) -> pd.DataFrame:
+        """Head x head similarity of attention patterns, labelled ``L{layer}H{head}``."""
+        return self._metrics_file(metrics_files.SIMILARITY)
+
+    @property
+    def offset_profiles(self) -> pd.DataFrame:
+        """Mean attention mass by relative offset (key position - query position), one row per head."""
+        return self._metrics_file(metrics_files.OFFSETS)
+
+    # -- projections ---------------------------------------------------------------------------
+    def projection(self, layer: int, head: int, method: str = "umap", dims: int = 2) -> pd.DataFrame:
+        """One head's joint projection: ``token`` (row id), ``kind`` ('q'|'k'), ``x``, ``y`` (``z``)."""
+        path = self._projection_path(layer, head, method, dims)
+        return projections.read_projection(path)
+
+    def projection_record(self, layer: int, head: int, method: str = "umap", dims: int = 2) -> dict[str, Any]:
+        """How a projection was made: settings, backend, library, trustworthiness, seconds."""
+        return projections.read_record(self._projection_path(layer, head, method, dims))
+
+    def projections(self) -> dict[str, list[tuple[int, int]]]:
+        """Which heads have which projections: ``{'umap-2d': [(layer, head), ...]}``."""
+        return projections.list_projections(self.path)
+
+    def _projection_path(self, layer: int, head: int, method: str, dims: int) -> Path:
+        self._check_head(layer, head)
+        path = projections.projection_path(self.path, method, dims, layer, head)
+        if not path.is_file():
+            raise StoreError(
+                f"layer {layer} head {head} has no {method} {dims}D projection; run "
+                f"`qkscale project {self.path} --method {method} --dims {dims} --layers {layer} --heads {head}`"
+            )
+        return path
 
     def bytes_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())

@@ -1,0 +1,17 @@
+"""Attention recomputed from queries and keys: softmax(scale * q·k) with the model's mask."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def attention_weights(q: np.ndarray, k: np.ndarray, scale: float, causal: bool) -> np.ndarray:
+    """``[..., T, T]`` attention of queries ``[..., T, D]`` on keys ``[..., T, D]`` (float32)."""
+    scores = np.matmul(q.astype(np.float32), np.swapaxes(k.astype(np.float32), -1, -2)) * np.float32(scale)
+    if causal:
+        t = scores.shape[-1]
+        scores[..., np.triu(np.ones((t, t), bool), k=1)] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)
+    weights = np.exp(scores)
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return weights

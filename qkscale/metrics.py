@@ -1,0 +1,203 @@
+"""Per-head statistics that tell which heads are worth opening, from one streaming pass over Q/K.
+
+Statistics are sums in the create / append / combine / finalize shape, so the same code runs per
+document, per shard and across Dask partitions: :meth:`HeadSums.append` adds one document,
+:meth:`HeadSums.combine` merges two partial sums, :meth:`HeadSums.finalize` turns them into one row
+per (layer, head). Attention is recomputed from the stored vectors with the model's mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from qkscale.attention import attention_weights
+from qkscale.errors import StoreError
+from qkscale.store import Store, open_store
+from qkscale.store.metrics_files import write_metrics
+
+# Relative offsets j - i from -OFFSET_RADIUS to +OFFSET_RADIUS get a bin each; the two outer bins
+# collect everything further left and further right.
+OFFSET_RADIUS = 8
+OFFSET_BINS = [f"<{-OFFSET_RADIUS}"] + [str(o) for o in range(-OFFSET_RADIUS, OFFSET_RADIUS + 1)] + [f">{OFFSET_RADIUS}"]
+
+# Per-query quantities averaged over all queries: column name -> description.
+QUERY_MEANS = {
+    "entropy": "attention entropy of a query (nats)",
+    "attended_distance": "expected |i - j| in tokens between a query and the keys it attends to",
+    "special_mass": "attention on special tokens ([CLS], [SEP], <|endoftext|>, ...)",
+    "first_mass": "attention on the document's first token",
+    "previous_mass": "attention on the previous token",
+    "same_mass": "attention on the query's own token",
+    "next_mass": "attention on the next token",
+}
+
+
+@dataclass
+class HeadSums:
+    """Running sums over documents for every (stored layer, head)."""
+
+    n_queries: np.ndarray  # [L] queries seen per layer
+    query_sums: np.ndarray  # [L, H, len(QUERY_MEANS)]
+    offsets: np.ndarray  # [L, H, len(OFFSET_BINS)] attention mass by relative offset
+    q_sum: np.ndarray  # [L, H, D]
+    k_sum: np.ndarray  # [L, H, D]
+    q_norm_sum: np.ndarray  # [L, H]
+    k_norm_sum: np.ndarray  # [L, H]
+
+    @classmethod
+    def create(cls, n_layers: int, n_heads: int, head_dim: int) -> HeadSums:
+        zeros = lambda *shape: np.zeros(shape, np.float64)  # noqa: E731
+        return cls(
+            n_queries=zeros(n_layers),
+            query_sums=zeros(n_layers, n_heads, len(QUERY_MEANS)),
+            offsets=zeros(n_layers, n_heads, len(OFFSET_BINS)),
+            q_sum=zeros(n_layers, n_heads, head_dim),
+            k_sum=zeros(n_layers, n_heads, head_dim),
+            q_norm_sum=zeros(n_layers, n_heads),
+            k_norm_sum=zeros(n_layers, n_heads),
+        )
+
+    def append(self, layer: int, q: np.ndarray, k: np.ndarray, special: np.ndarray, scale: float, causal: bool) -> None:
+        """Add one document's heads of one layer: ``q``, ``k`` are ``[H, T, D]``, ``special`` is ``[T]``."""
+        q = q.astype(np.float32)
+        k = k.astype(np.float32)
+        t = q.shape[1]
+        a = attention_weights(q, k, scale, causal).astype(np.float64)  # [H, T, T]
+        i = np.arange(t)
+        offset = i[None, :] - i[:, None]  # j - i
+        bins = np.clip(offset, -OFFSET_RADIUS - 1, OFFSET_RADIUS + 1) + OFFSET_RADIUS + 1
+        per_query = np.stack(
+            [
+                -(a * np.log(np.where(a > 0, a, 1.0))).sum(axis=2),
+                (a * np.abs(offset)).sum(axis=2),
+                a[:, :, special].sum(axis=2),
+                a[:, :, 0],
+                np.pad(np.diagonal(a, offset=-1, axis1=1, axis2=2), ((0, 0), (1, 0))),
+                np.diagonal(a, axis1=1, axis2=2),
+                np.pad(np.diagonal(a, offset=1, axis1=1, axis2=2), ((0, 0), (0, 1))),
+            ],
+            axis=-1,
+        )  # [H, T, len(QUERY_MEANS)]
+        self.n_queries[layer] += t
+        self.query_sums[layer] += per_query.sum(axis=1)
+        for b in range(len(OFFSET_BINS)):
+            self.offsets[layer, :, b] += a[:, bins == b].sum(axis=1)
+        self.q_sum[layer] += q.sum(axis=1)
+        self.k_sum[layer] += k.sum(axis=1)
+        self.q_norm_sum[layer] += np.linalg.norm(q, axis=2).sum(axis=1)
+        self.k_norm_sum[layer] += np.linalg.norm(k, axis=2).sum(axis=1)
+
+    def combine(self, other: HeadSums) -> HeadSums:
+        """The sums of both parts (e.g. two shards)."""
+        return HeadSums(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def finalize(self, layers: list[int]) -> pd.DataFrame:
+        """One row per (layer, head): the means of every statistic."""
+        n = np.maximum(self.n_queries, 1)[:, None]
+        n_heads = self.q_sum.shape[1]
+        table: dict[str, Any] = {
+            "layer": np.repeat(layers, n_heads),
+            "head": np.tile(np.arange(n_heads), len(layers)),
+            "n_queries": np.repeat(self.n_queries.astype(np.int64), n_heads),
+        }
+        means = self.query_sums / n[:, :, None]
+        for index, name in enumerate(QUERY_MEANS):
+            table[name] = means[:, :, index].ravel()
+        table["centroid_distance"] = np.linalg.norm(self.q_sum / n[:, :, None] - self.k_sum / n[:, :, None], axis=2).ravel()
+        table["q_norm"] = (self.q_norm_sum / n).ravel()
+        table["k_norm"] = (self.k_norm_sum / n).ravel()
+        return pd.DataFrame(table)
+
+    def offset_profiles(self) -> np.ndarray:
+        """``[L*H, len(OFFSET_BINS)]`` mean attention mass by relative offset (rows sum to 1)."""
+        n = np.maximum(self.n_queries, 1)[:, None, None]
+        return (self.offsets / n).reshape(-1, len(OFFSET_BINS))
+
+
+def shard_sums(store: Store, shard: int) -> HeadSums:
+    """The sums over one committed shard (the unit a Dask task computes)."""
+    rows = store.shard_rows(shard)
+    tokens = store.tokens.iloc[rows]
+    starts = np.flatnonzero(tokens["position"].to_numpy() == 0)
+    lengths = tokens["doc_length"].to_numpy()[starts]
+    special = tokens["is_special"].to_numpy()
+    sums = HeadSums.create(len(store.layers), store.n_heads, store.head_dim)
+    for index, layer in enumerate(store.layers):
+        q = np.stack([store._vectors("q", layer, h, rows) for h in range(store.n_heads)])
+        k = np.stack([store._vectors("k", layer, h, rows) for h in range(store.n_heads)])
+        scale = store.score_scale(layer)
+        for start, length in zip(starts, lengths):
+            doc = slice(start, start + length)
+            sums.append(index, q[:, doc], k[:, doc], special[doc], scale, store.causal)
+    return sums
+
+
+def head_similarity(profiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Similarity (1 - Jensen-Shannon distance of offset profiles) and a leaf ordering of heads.
+
+    Heads that attend alike (previous token, far left, themselves...) get similarity near 1 and
+    sit next to each other in the ordering (average-linkage clustering, optimal leaf order).
+    """
+    from scipy.cluster.hierarchy import leaves_list, linkage, optimal_leaf_ordering
+    from scipy.spatial.distance import jensenshannon, pdist, squareform
+
+    distances = pdist(profiles, metric=lambda u, v: float(np.nan_to_num(jensenshannon(u, v, base=2))))
+    similarity = 1.0 - squareform(distances)
+    if len(profiles) < 3:
+        return similarity, np.arange(len(profiles))
+    tree = optimal_leaf_ordering(linkage(distances, method="average"), distances)
+    return similarity, leaves_list(tree)
+
+
+def compute_metrics(store: Store | str | Path, progress: bool = True, force: bool = False) -> pd.DataFrame:
+    """Compute and store every head's metrics and the head-similarity matrix; returns the metrics."""
+    from tqdm.auto import tqdm
+
+    store = store if isinstance(store, Store) else open_store(store)
+    if not store.complete:
+        raise StoreError(f"store {store.path} is incomplete: finish `qkscale extract` before computing metrics")
+    if store.n_tokens == 0:
+        raise StoreError(f"store {store.path} holds no vectors")
+    if store.has_metrics and not force:
+        return store.metrics
+    sums = HeadSums.create(len(store.layers), store.n_heads, store.head_dim)
+    for shard in tqdm(store.committed_shards(), unit="shard", desc="metrics", disable=not progress, dynamic_ncols=True):
+        sums = sums.combine(shard_sums(store, shard))
+    table = sums.finalize(store.layers)
+    profiles = sums.offset_profiles()
+    similarity, order = head_similarity(profiles)
+    table["order"] = np.argsort(order)
+    write_metrics(store.path, table, profiles, similarity, OFFSET_BINS)
+    return store.metrics
+
+
+# What `qkscale metrics` lists: (title, column, largest first).
+_HIGHLIGHTS = [
+    ("most focused (lowest entropy)", "entropy", False),
+    ("broadest (highest entropy)", "entropy", True),
+    ("previous-token heads", "previous_mass", True),
+    ("next-token heads", "next_mass", True),
+    ("self heads", "same_mass", True),
+    ("sink heads (mass on special tokens)", "special_mass", True),
+    ("longest reach (attended distance)", "attended_distance", True),
+    ("largest q-k centroid gap", "centroid_distance", True),
+]
+
+
+def format_metrics(table: pd.DataFrame, top: int = 3) -> str:
+    """A few lines naming the heads that stand out on each statistic."""
+    layers = table["layer"].nunique()
+    lines = [
+        f"{len(table)} heads ({layers} layers x {table['head'].nunique()}), "
+        f"{int(table['n_queries'].iloc[0]):,} queries per head"
+    ]
+    for title, column, largest in _HIGHLIGHTS:
+        best = table.nlargest(top, column) if largest else table.nsmallest(top, column)
+        heads = ", ".join(f"L{r.layer}H{r.head} {getattr(r, column):.2f}" for r in best.itertuples())
+        lines.append(f"{title:<38} {heads}")
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""CPU backend: umap-learn for UMAP, openTSNE for t-SNE, scikit-learn for PCA."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from qkscale.project.base import N_NEIGHBORS, PERPLEXITY, Backend
+
+
+class CPUBackend(Backend):
+    """Seeded and reproducible: the same input and seed give the same coordinates."""
+
+    name = "cpu"
+    libraries = {"umap": ("umap", "umap-learn"), "tsne": ("openTSNE", "openTSNE"), "pca": ("sklearn.decomposition", "scikit-learn")}
+
+    def describe(self, method: str, dims: int) -> str:
+        label = super().describe(method, dims)
+        return f"{label} (Barnes-Hut: its FFT method is 2D only)" if method == "tsne" and dims > 2 else label
+
+    def _fitters(self) -> dict[str, Callable[[np.ndarray, int, int], np.ndarray]]:
+        return {"umap": self._umap, "tsne": self._tsne, "pca": self._pca}
+
+    def _umap(self, x: np.ndarray, dims: int, seed: int) -> np.ndarray:
+        umap = self.library("umap")
+        # n_jobs=1: umap-learn is only reproducible single-threaded.
+        model = umap.UMAP(n_neighbors=N_NEIGHBORS, n_components=dims, min_dist=0.1, random_state=seed, n_jobs=1)
+        return model.fit_transform(x)
+
+    def _tsne(self, x: np.ndarray, dims: int, seed: int) -> np.ndarray:
+        open_tsne = self.library("tsne")
+        # openTSNE's FFT gradients are 1D/2D only; 3D runs its (slower) Barnes-Hut method instead.
+        model = open_tsne.TSNE(
+            n_components=dims,
+            perplexity=PERPLEXITY,
+            negative_gradient_method="bh" if dims > 2 else "fft",
+            random_state=seed,
+            n_jobs=os.cpu_count() or 1,
+        )
+        return np.asarray(model.fit(x))
+
+    def _pca(self, x: np.ndarray, dims: int, seed: int) -> np.ndarray:
+        return self.library("pca").PCA(n_components=dims, random_state=seed).fit_transform(x)

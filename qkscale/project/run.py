@@ -1,0 +1,211 @@
+"""The project stage: a joint 2D/3D embedding of every selected head's queries and keys.
+
+:func:`plan_projection` checks the store, the options and the backend before any work;
+:func:`project_head` projects one head and commits it atomically (the unit a Dask task runs);
+:func:`project` runs a plan with a progress bar over heads, skipping heads already done.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qkscale import __version__
+from qkscale.errors import OptionError, StoreError
+from qkscale.joint import normalize_with_info
+from qkscale.project.base import MIN_POINTS, Backend
+from qkscale.project.placement import CHUNK_POINTS, NeighborSearch, chunks, linear_map, place_by_neighbors
+from qkscale.project.registry import get_backend
+from qkscale.project.sampling import fit_points, trustworthiness
+from qkscale.selection import parse_selection
+from qkscale.store import Store, open_store
+from qkscale.store.projections import projection_path, read_record, write_projection
+
+METRICS = ("cosine", "euclidean")
+DEFAULT_SAMPLE = 20_000
+
+
+@dataclass(frozen=True)
+class ProjectionSettings:
+    """What a projection is: the same settings give the same coordinates (on CPU)."""
+
+    method: str = "umap"
+    dims: int = 2
+    metric: str = "cosine"
+    sample: int = DEFAULT_SAMPLE
+    seed: int = 0
+    translate: bool = True
+    scale: bool = True
+
+    def validate(self) -> None:
+        if self.metric not in METRICS:
+            raise OptionError(f"unknown metric {self.metric!r}; choose from {', '.join(METRICS)}")
+        need = MIN_POINTS.get(self.method, 0)
+        if self.sample < need:
+            raise OptionError(f"--sample {self.sample} is too small: {self.method} needs at least {need} points")
+
+
+@dataclass
+class ProjectionPlan:
+    store: Store
+    settings: ProjectionSettings
+    backend: Backend
+    heads: list[tuple[int, int]]
+    done: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def todo(self) -> list[tuple[int, int]]:
+        return [h for h in self.heads if h not in self.done]
+
+
+def _select(store: Store, layers: str | Iterable[int] | None, heads: str | Iterable[int] | None) -> list[tuple[int, int]]:
+    stored = store.layers
+    if layers is None:
+        layer_list = stored
+    else:
+        layer_list = parse_selection(layers, store.n_layers, "layer") if isinstance(layers, str) else list(layers)
+        missing = [layer for layer in layer_list if layer not in stored]
+        if missing:
+            raise OptionError(f"layer {missing[0]} is not in the store (stored layers: {stored})")
+    head_list = list(range(store.n_heads)) if heads is None else (
+        parse_selection(heads, store.n_heads, "head") if isinstance(heads, str) else list(heads)
+    )
+    for head in head_list:
+        if not 0 <= head < store.n_heads:
+            raise OptionError(f"head {head} is out of range (this model has {store.n_heads} heads)")
+    return [(layer, head) for layer in layer_list for head in head_list]
+
+
+def plan_projection(
+    store: Store | str | Path,
+    method: str = "umap",
+    dims: int = 2,
+    backend: str | Backend = "auto",
+    layers: str | Iterable[int] | None = None,
+    heads: str | Iterable[int] | None = None,
+    sample: int = DEFAULT_SAMPLE,
+    metric: str = "cosine",
+    seed: int = 0,
+    translate: bool = True,
+    scale: bool = True,
+    force: bool = False,
+) -> ProjectionPlan:
+    """Check everything a projection run needs; nothing is computed or written."""
+    store = store if isinstance(store, Store) else open_store(store)
+    if not store.complete:
+        done, planned = len(store.committed_shards()), store.manifest["n_shards"]
+        raise StoreError(
+            f"store {store.path} is incomplete ({done}/{planned} shards): finish `qkscale extract` first"
+        )
+    if store.n_tokens == 0:
+        raise StoreError(f"store {store.path} holds no vectors to project")
+    settings = ProjectionSettings(method, dims, metric, sample, seed, translate, scale)
+    chosen = get_backend(backend)
+    chosen.check(method, dims)
+    settings.validate()
+    if 2 * store.n_tokens < MIN_POINTS[method]:
+        raise StoreError(f"{method} needs at least {MIN_POINTS[method]} points; this store's heads have {2 * store.n_tokens}")
+    plan = ProjectionPlan(store, settings, chosen, _select(store, layers, heads))
+    if not force:
+        plan.done = [h for h in plan.heads if _is_done(store, settings, *h)]
+    return plan
+
+
+def _is_done(store: Store, settings: ProjectionSettings, layer: int, head: int) -> bool:
+    """True if this head already has this projection; an error if it was made differently."""
+    path = projection_path(store.path, settings.method, settings.dims, layer, head)
+    if not path.is_file():
+        return False
+    previous = read_record(path).get("settings", {})
+    changed = [name for name, value in asdict(settings).items() if previous.get(name) != value]
+    if changed:
+        was = ", ".join(f"{name}={previous.get(name)} (now {getattr(settings, name)})" for name in changed)
+        raise OptionError(
+            f"layer {layer} head {head} already has a {settings.method} {settings.dims}D projection made with "
+            f"{was}; pass --force to replace it"
+        )
+    return True
+
+
+def project_head(store: Store, layer: int, head: int, settings: ProjectionSettings, backend: Backend) -> dict[str, Any]:
+    """Project one head's queries and keys jointly and commit the result; returns its record."""
+    started = time.perf_counter()
+    q, k, normalization = normalize_with_info(
+        store.queries(layer, head), store.keys(layer, head), translate=settings.translate, scale=settings.scale
+    )
+    n_tokens = len(q)
+    points = np.concatenate([q, k])
+    del q, k
+    if settings.metric == "cosine":  # on unit vectors, Euclidean distance ranks like cosine distance
+        points /= np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(settings.seed)
+    fitted = fit_points(store.tokens["doc"].to_numpy(), settings.sample, rng)
+    sample = points[fitted]
+    sample_embedding = backend.embed(sample, settings.method, settings.dims, settings.seed)
+    fit_seconds = time.perf_counter() - started
+
+    coords = np.empty((len(points), settings.dims), np.float32)
+    coords[fitted] = sample_embedding
+    rest = np.setdiff1d(np.arange(len(points)), fitted, assume_unique=True)
+    placement = "none (full fit)"
+    if len(rest):
+        if settings.method == "pca":
+            place = linear_map(sample, sample_embedding)
+            placement = "linear map"
+        else:
+            search = NeighborSearch(sample, len(rest), device=backend.device, seed=settings.seed)
+            place = lambda chunk: place_by_neighbors(search, sample_embedding, chunk)  # noqa: E731
+            placement = f"{'exact' if search.exact else 'approximate'} nearest-neighbour interpolation"
+        for chunk in chunks(len(rest), CHUNK_POINTS):
+            coords[rest[chunk]] = place(points[rest[chunk]])
+
+    if not np.isfinite(coords).all():
+        raise StoreError(f"{backend.name} returned non-finite coordinates for layer {layer} head {head}")
+    record = {
+        "settings": asdict(settings),
+        "layer": layer,
+        "head": head,
+        "backend": backend.name,
+        "library": backend.describe(settings.method, settings.dims),
+        "device": backend.device,
+        "n_points": len(points),
+        "n_fitted": len(fitted),
+        "placement": placement,
+        "normalization": normalization.as_dict(),
+        "trustworthiness": trustworthiness(points, coords),
+        "fit_seconds": round(fit_seconds, 3),
+        "seconds": round(time.perf_counter() - started, 3),
+        "qkscale_version": __version__,
+    }
+    tokens = np.concatenate([np.arange(n_tokens), np.arange(n_tokens)])
+    kinds = np.repeat(np.array([0, 1], np.int8), n_tokens)
+    write_projection(projection_path(store.path, settings.method, settings.dims, layer, head), tokens, kinds, coords, record)
+    return record
+
+
+def run_plan(plan: ProjectionPlan, progress: bool = True) -> list[dict[str, Any]]:
+    """Project every head of ``plan`` not done yet, with a progress bar over heads."""
+    from tqdm.auto import tqdm
+
+    records = []
+    label = f"{plan.settings.method} {plan.settings.dims}D ({plan.backend.name})"
+    with tqdm(
+        total=len(plan.heads), initial=len(plan.done), unit="head", desc=label, disable=not progress, dynamic_ncols=True
+    ) as bar:
+        for layer, head in plan.todo:
+            bar.set_postfix_str(f"L{layer} H{head}")
+            records.append(project_head(plan.store, layer, head, plan.settings, plan.backend))
+            bar.update()
+    return records
+
+
+def project(store: Store | str | Path, progress: bool = True, **options: Any) -> Store:
+    """Project the selected heads of ``store`` (options of :func:`plan_projection`); returns the store."""
+    plan = plan_projection(store, **options)
+    run_plan(plan, progress=progress)
+    return plan.store
