@@ -71,7 +71,9 @@ def project(
     store: Annotated[Path, typer.Argument(help="Store folder (a complete extraction).")],
     method: Annotated[str, typer.Option(help="umap, tsne or pca.")] = "umap",
     dims: Annotated[int, typer.Option(help="2 or 3.")] = 2,
-    backend: Annotated[str, typer.Option(help="auto (cuml, else torchdr on a GPU, else cpu), cuml, torchdr or cpu.")] = "auto",
+    backend: Annotated[
+        str, typer.Option(help="auto (cuml, else torchdr on a GPU, else cpu), cuml, torchdr or cpu.")
+    ] = "auto",
     layers: Annotated[str | None, typer.Option(help="Layers to project, e.g. 0,2-4 (default all stored).")] = None,
     heads: Annotated[str | None, typer.Option(help="Heads to project, e.g. 0-3 (default all).")] = None,
     sample: Annotated[int, typer.Option(help="Points fitted per head; the rest are placed by their neighbours.")] = (
@@ -97,7 +99,9 @@ def project(
         force=force,
     )
     if plan.done:
-        typer.echo(f"{len(plan.done)} of {len(plan.heads)} heads already projected; skipping them (--force redoes them)")
+        typer.echo(
+            f"{len(plan.done)} of {len(plan.heads)} heads already projected; skipping them (--force redoes them)"
+        )
     records = run_plan(plan)
     if records:
         trust = [r["trustworthiness"] for r in records]

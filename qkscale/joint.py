@@ -87,7 +87,9 @@ def normalize(q: Any, k: Any, translate: bool = True, scale: bool = True) -> tup
     return q2, k2
 
 
-def normalize_with_info(q: Any, k: Any, translate: bool = True, scale: bool = True) -> tuple[Any, Any, JointNormalization]:
+def normalize_with_info(
+    q: Any, k: Any, translate: bool = True, scale: bool = True
+) -> tuple[Any, Any, JointNormalization]:
     """:func:`normalize`, also returning the transform that was applied."""
     xp = array_module(q)
     q64 = xp.asarray(q, dtype=xp.float64)

@@ -23,7 +23,9 @@ from qkscale.store.metrics_files import write_metrics
 # Relative offsets j - i from -OFFSET_RADIUS to +OFFSET_RADIUS get a bin each; the two outer bins
 # collect everything further left and further right.
 OFFSET_RADIUS = 8
-OFFSET_BINS = [f"<{-OFFSET_RADIUS}"] + [str(o) for o in range(-OFFSET_RADIUS, OFFSET_RADIUS + 1)] + [f">{OFFSET_RADIUS}"]
+OFFSET_BINS = (
+    [f"<{-OFFSET_RADIUS}"] + [str(o) for o in range(-OFFSET_RADIUS, OFFSET_RADIUS + 1)] + [f">{OFFSET_RADIUS}"]
+)
 
 # Per-query quantities averaged over all queries: column name -> description.
 QUERY_MEANS = {
@@ -108,7 +110,9 @@ class HeadSums:
         means = self.query_sums / n[:, :, None]
         for index, name in enumerate(QUERY_MEANS):
             table[name] = means[:, :, index].ravel()
-        table["centroid_distance"] = np.linalg.norm(self.q_sum / n[:, :, None] - self.k_sum / n[:, :, None], axis=2).ravel()
+        table["centroid_distance"] = np.linalg.norm(
+            self.q_sum / n[:, :, None] - self.k_sum / n[:, :, None], axis=2
+        ).ravel()
         table["q_norm"] = (self.q_norm_sum / n).ravel()
         table["k_norm"] = (self.k_norm_sum / n).ravel()
         return pd.DataFrame(table)
@@ -131,7 +135,7 @@ def shard_sums(store: Store, shard: int) -> HeadSums:
         q = np.stack([store._vectors("q", layer, h, rows) for h in range(store.n_heads)])
         k = np.stack([store._vectors("k", layer, h, rows) for h in range(store.n_heads)])
         scale = store.score_scale(layer)
-        for start, length in zip(starts, lengths):
+        for start, length in zip(starts, lengths, strict=True):
             doc = slice(start, start + length)
             sums.append(index, q[:, doc], k[:, doc], special[doc], scale, store.causal)
     return sums

@@ -66,7 +66,7 @@ def test_offset_profile_and_combine():
     docs = [(rng.normal(size=(2, n, 3)), rng.normal(size=(2, n, 3))) for n in (3, 12, 5)]
     whole = HeadSums.create(1, 2, 3)
     parts = [HeadSums.create(1, 2, 3) for _ in docs]
-    for part, (q, k) in zip(parts, docs):
+    for part, (q, k) in zip(parts, docs, strict=True):
         for sums in (whole, part):
             sums.append(0, q, k, np.zeros(q.shape[1], bool), scale=0.5, causal=False)
     combined = parts[0].combine(parts[1]).combine(parts[2])

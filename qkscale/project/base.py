@@ -56,8 +56,7 @@ class Backend(ABC):
             return importlib.import_module(module)
         except ImportError as exc:
             raise OptionError(
-                f"backend {self.name!r} needs the package {package} for {method} "
-                f"(pip install {package}): {exc}"
+                f"backend {self.name!r} needs the package {package} for {method} (pip install {package}): {exc}"
             ) from None
 
     def describe(self, method: str, dims: int) -> str:

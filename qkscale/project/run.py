@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from qkscale import __version__
-from qkscale.errors import OptionError, StoreError
-from qkscale.joint import normalize_with_info
-from qkscale.project.base import MIN_POINTS, Backend
+from qkscale.errors import OptionError, QKScaleError, StoreError
+from qkscale.joint import JointNormalization, normalize_with_info
+from qkscale.project.base import METHODS, MIN_POINTS, Backend
 from qkscale.project.placement import CHUNK_POINTS, NeighborSearch, chunks, linear_map, place_by_neighbors
 from qkscale.project.registry import get_backend
 from qkscale.project.sampling import fit_points, trustworthiness
@@ -43,6 +43,8 @@ class ProjectionSettings:
     scale: bool = True
 
     def validate(self) -> None:
+        if self.method not in METHODS:
+            raise OptionError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.metric not in METRICS:
             raise OptionError(f"unknown metric {self.metric!r}; choose from {', '.join(METRICS)}")
         need = MIN_POINTS.get(self.method, 0)
@@ -63,7 +65,9 @@ class ProjectionPlan:
         return [h for h in self.heads if h not in self.done]
 
 
-def _select(store: Store, layers: str | Iterable[int] | None, heads: str | Iterable[int] | None) -> list[tuple[int, int]]:
+def _select(
+    store: Store, layers: str | Iterable[int] | None, heads: str | Iterable[int] | None
+) -> list[tuple[int, int]]:
     stored = store.layers
     if layers is None:
         layer_list = stored
@@ -72,8 +76,10 @@ def _select(store: Store, layers: str | Iterable[int] | None, heads: str | Itera
         missing = [layer for layer in layer_list if layer not in stored]
         if missing:
             raise OptionError(f"layer {missing[0]} is not in the store (stored layers: {stored})")
-    head_list = list(range(store.n_heads)) if heads is None else (
-        parse_selection(heads, store.n_heads, "head") if isinstance(heads, str) else list(heads)
+    head_list = (
+        list(range(store.n_heads))
+        if heads is None
+        else (parse_selection(heads, store.n_heads, "head") if isinstance(heads, str) else list(heads))
     )
     for head in head_list:
         if not 0 <= head < store.n_heads:
@@ -99,17 +105,17 @@ def plan_projection(
     store = store if isinstance(store, Store) else open_store(store)
     if not store.complete:
         done, planned = len(store.committed_shards()), store.manifest["n_shards"]
-        raise StoreError(
-            f"store {store.path} is incomplete ({done}/{planned} shards): finish `qkscale extract` first"
-        )
+        raise StoreError(f"store {store.path} is incomplete ({done}/{planned} shards): finish `qkscale extract` first")
     if store.n_tokens == 0:
         raise StoreError(f"store {store.path} holds no vectors to project")
     settings = ProjectionSettings(method, dims, metric, sample, seed, translate, scale)
+    settings.validate()
     chosen = get_backend(backend)
     chosen.check(method, dims)
-    settings.validate()
     if 2 * store.n_tokens < MIN_POINTS[method]:
-        raise StoreError(f"{method} needs at least {MIN_POINTS[method]} points; this store's heads have {2 * store.n_tokens}")
+        raise StoreError(
+            f"{method} needs at least {MIN_POINTS[method]} points; this store's heads have {2 * store.n_tokens}"
+        )
     plan = ProjectionPlan(store, settings, chosen, _select(store, layers, heads))
     if not force:
         plan.done = [h for h in plan.heads if _is_done(store, settings, *h)]
@@ -132,19 +138,22 @@ def _is_done(store: Store, settings: ProjectionSettings, layer: int, head: int) 
     return True
 
 
-def project_head(store: Store, layer: int, head: int, settings: ProjectionSettings, backend: Backend) -> dict[str, Any]:
-    """Project one head's queries and keys jointly and commit the result; returns its record."""
-    started = time.perf_counter()
-    q, k, normalization = normalize_with_info(
-        store.queries(layer, head), store.keys(layer, head), translate=settings.translate, scale=settings.scale
-    )
-    n_tokens = len(q)
-    points = np.concatenate([q, k])
-    del q, k
+def joint_points(q: np.ndarray, k: np.ndarray, settings: ProjectionSettings) -> tuple[np.ndarray, JointNormalization]:
+    """``[queries; keys]`` jointly normalised (and on the unit sphere for the cosine metric)."""
+    q2, k2, normalization = normalize_with_info(q, k, translate=settings.translate, scale=settings.scale)
+    points = np.concatenate([q2, k2])
+    del q2, k2
     if settings.metric == "cosine":  # on unit vectors, Euclidean distance ranks like cosine distance
         points /= np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
-    rng = np.random.default_rng(settings.seed)
-    fitted = fit_points(store.tokens["doc"].to_numpy(), settings.sample, rng)
+    return points, normalization
+
+
+def embed_points(
+    points: np.ndarray, docs: np.ndarray, settings: ProjectionSettings, backend: Backend
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Coordinates of ``points`` (``[queries; keys]`` of the tokens in ``docs``): fit a sample, place the rest."""
+    started = time.perf_counter()
+    fitted = fit_points(docs, settings.sample, np.random.default_rng(settings.seed))
     sample = points[fitted]
     sample_embedding = backend.embed(sample, settings.method, settings.dims, settings.seed)
     fit_seconds = time.perf_counter() - started
@@ -163,9 +172,26 @@ def project_head(store: Store, layer: int, head: int, settings: ProjectionSettin
             placement = f"{'exact' if search.exact else 'approximate'} nearest-neighbour interpolation"
         for chunk in chunks(len(rest), CHUNK_POINTS):
             coords[rest[chunk]] = place(points[rest[chunk]])
-
     if not np.isfinite(coords).all():
-        raise StoreError(f"{backend.name} returned non-finite coordinates for layer {layer} head {head}")
+        raise QKScaleError(f"{backend.name} returned non-finite coordinates")
+    details = {
+        "n_points": len(points),
+        "n_fitted": len(fitted),
+        "placement": placement,
+        "fit_seconds": round(fit_seconds, 3),
+        "place_seconds": round(time.perf_counter() - started - fit_seconds, 3),
+    }
+    return coords, details
+
+
+def project_head(store: Store, layer: int, head: int, settings: ProjectionSettings, backend: Backend) -> dict[str, Any]:
+    """Project one head's queries and keys jointly and commit the result; returns its record."""
+    started = time.perf_counter()
+    points, normalization = joint_points(store.queries(layer, head), store.keys(layer, head), settings)
+    try:
+        coords, details = embed_points(points, store.tokens["doc"].to_numpy(), settings, backend)
+    except QKScaleError as exc:
+        raise QKScaleError(f"layer {layer} head {head}: {exc}") from None
     record = {
         "settings": asdict(settings),
         "layer": layer,
@@ -173,18 +199,18 @@ def project_head(store: Store, layer: int, head: int, settings: ProjectionSettin
         "backend": backend.name,
         "library": backend.describe(settings.method, settings.dims),
         "device": backend.device,
-        "n_points": len(points),
-        "n_fitted": len(fitted),
-        "placement": placement,
+        **details,
         "normalization": normalization.as_dict(),
         "trustworthiness": trustworthiness(points, coords),
-        "fit_seconds": round(fit_seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),
         "qkscale_version": __version__,
     }
-    tokens = np.concatenate([np.arange(n_tokens), np.arange(n_tokens)])
+    n_tokens = len(points) // 2
+    tokens = np.tile(np.arange(n_tokens), 2)
     kinds = np.repeat(np.array([0, 1], np.int8), n_tokens)
-    write_projection(projection_path(store.path, settings.method, settings.dims, layer, head), tokens, kinds, coords, record)
+    write_projection(
+        projection_path(store.path, settings.method, settings.dims, layer, head), tokens, kinds, coords, record
+    )
     return record
 
 

@@ -25,10 +25,12 @@ SIMILARITY = "similarity.parquet"
 
 
 def head_labels(table: pd.DataFrame) -> list[str]:
-    return [f"L{layer}H{head}" for layer, head in zip(table["layer"], table["head"])]
+    return [f"L{layer}H{head}" for layer, head in zip(table["layer"], table["head"], strict=True)]
 
 
-def write_metrics(root: Path, table: pd.DataFrame, profiles: np.ndarray, similarity: np.ndarray, bins: list[str]) -> None:
+def write_metrics(
+    root: Path, table: pd.DataFrame, profiles: np.ndarray, similarity: np.ndarray, bins: list[str]
+) -> None:
     """Write the metrics folder into a temp folder, then swap it in for any previous one."""
     final = root / METRICS
     temp = temp_sibling(final)

@@ -42,7 +42,7 @@ def write_projection(path: Path, tokens: np.ndarray, kinds: np.ndarray, coords: 
         "token": pa.array(tokens, pa.int64()),
         "kind": pa.DictionaryArray.from_arrays(pa.array(kinds, pa.int8()), pa.array(["q", "k"])),
     }
-    for axis, values in zip(AXES, coords.T):
+    for axis, values in zip(AXES[: coords.shape[1]], coords.T, strict=True):
         columns[axis] = pa.array(np.ascontiguousarray(values, dtype=np.float32))
     table = pa.table(columns).replace_schema_metadata({_RECORD_KEY: json.dumps(record).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,11 @@ class CPUBackend(Backend):
     """Seeded and reproducible: the same input and seed give the same coordinates."""
 
     name = "cpu"
-    libraries = {"umap": ("umap", "umap-learn"), "tsne": ("openTSNE", "openTSNE"), "pca": ("sklearn.decomposition", "scikit-learn")}
+    libraries = {
+        "umap": ("umap", "umap-learn"),
+        "tsne": ("openTSNE", "openTSNE"),
+        "pca": ("sklearn.decomposition", "scikit-learn"),
+    }
 
     def describe(self, method: str, dims: int) -> str:
         label = super().describe(method, dims)
