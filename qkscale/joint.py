@@ -46,19 +46,24 @@ class JointNormalization:
         }
 
 
+def _mean_norm(x: Any, xp: ModuleType) -> float:
+    return float(xp.sqrt((x * x).sum(axis=1, dtype=xp.float64)).mean())
+
+
 def _solve_scale(q: Any, k: Any, translate: bool, xp: ModuleType) -> float:
     """The ``c`` that equalises mean norms of ``c*q`` and the (translated) ``k/c``."""
-    query_norm = float(xp.linalg.norm(q, axis=1).mean())
+    query_norm = _mean_norm(q, xp)
     if not translate:
-        key_norm = float(xp.linalg.norm(k, axis=1).mean())
+        key_norm = _mean_norm(k, xp)
         return float(np.sqrt(key_norm / query_norm)) if query_norm > 0 and key_norm > 0 else 1.0
     # After translation a key is (k - mu_k)/c + c*mu_q; dividing every norm by c, the condition
     # reads g(u) = mean|u*(k - mu_k) + mu_q| = mean|q| with u = 1/c**2. g is convex with g'(0) = 0,
     # so it is non-decreasing for u >= 0 and bisection finds the root. Work per step is O(n).
-    mu_q = q.mean(axis=0)
-    centred = k - k.mean(axis=0)
-    a = (centred * centred).sum(axis=1)
-    b = 2.0 * (centred @ mu_q)
+    mu_q = q.mean(axis=0, dtype=xp.float64)
+    centred = k - k.mean(axis=0, dtype=xp.float64).astype(k.dtype)
+    a = (centred * centred).sum(axis=1, dtype=xp.float64)
+    b = 2.0 * (centred @ mu_q.astype(k.dtype)).astype(xp.float64)
+    del centred
     m = float(mu_q @ mu_q)
 
     def g(u: float) -> float:
@@ -92,19 +97,21 @@ def normalize_with_info(
 ) -> tuple[Any, Any, JointNormalization]:
     """:func:`normalize`, also returning the transform that was applied."""
     xp = array_module(q)
-    q64 = xp.asarray(q, dtype=xp.float64)
-    k64 = xp.asarray(k, dtype=xp.float64)
-    if q64.ndim != 2 or q64.shape != k64.shape or q64.shape[0] == 0:
-        raise ValueError(f"queries and keys must be non-empty arrays of one shape, not {q64.shape} and {k64.shape}")
-    c = _solve_scale(q64, k64, translate, xp) if scale else 1.0
-    q2 = q64 * c
-    k2 = k64 / c
+    q2 = xp.array(q, dtype=xp.float32)  # float32 copies; every reduction accumulates in float64
+    k2 = xp.array(k, dtype=xp.float32)
+    if q2.ndim != 2 or q2.shape != k2.shape or q2.shape[0] == 0:
+        raise ValueError(f"queries and keys must be non-empty arrays of one shape, not {q2.shape} and {k2.shape}")
+    mu_q = q2.mean(axis=0, dtype=xp.float64)
+    mu_k = k2.mean(axis=0, dtype=xp.float64)
+    c = _solve_scale(q2, k2, translate, xp) if scale else 1.0
+    q2 *= xp.float32(c)
+    k2 /= xp.float32(c)
     if translate:
-        k2 += q2.mean(axis=0) - k2.mean(axis=0)
+        k2 += (c * mu_q - mu_k / c).astype(xp.float32)
     info = JointNormalization(
         scale=c,
         translate=translate,
-        query_centroid_norm=float(xp.linalg.norm(q64.mean(axis=0))),
-        key_centroid_norm=float(xp.linalg.norm(k64.mean(axis=0))),
+        query_centroid_norm=float(xp.linalg.norm(mu_q)),
+        key_centroid_norm=float(xp.linalg.norm(mu_k)),
     )
-    return q2.astype(xp.float32), k2.astype(xp.float32), info
+    return q2, k2, info

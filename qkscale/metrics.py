@@ -18,6 +18,7 @@ import pandas as pd
 from qkscale.attention import attention_weights
 from qkscale.errors import StoreError
 from qkscale.store import Store, open_store
+from qkscale.store.files import remove_temps
 from qkscale.store.metrics_files import write_metrics
 
 # Relative offsets j - i from -OFFSET_RADIUS to +OFFSET_RADIUS get a bin each; the two outer bins
@@ -69,26 +70,30 @@ class HeadSums:
         q = q.astype(np.float32)
         k = k.astype(np.float32)
         t = q.shape[1]
-        a = attention_weights(q, k, scale, causal).astype(np.float64)  # [H, T, T]
-        i = np.arange(t)
-        offset = i[None, :] - i[:, None]  # j - i
-        bins = np.clip(offset, -OFFSET_RADIUS - 1, OFFSET_RADIUS + 1) + OFFSET_RADIUS + 1
-        per_query = np.stack(
-            [
-                -(a * np.log(np.where(a > 0, a, 1.0))).sum(axis=2),
-                (a * np.abs(offset)).sum(axis=2),
-                a[:, :, special].sum(axis=2),
-                a[:, :, 0],
-                np.pad(np.diagonal(a, offset=-1, axis1=1, axis2=2), ((0, 0), (1, 0))),
-                np.diagonal(a, axis1=1, axis2=2),
-                np.pad(np.diagonal(a, offset=1, axis1=1, axis2=2), ((0, 0), (0, 1))),
-            ],
-            axis=-1,
-        )  # [H, T, len(QUERY_MEANS)]
+        a = attention_weights(q, k, scale, causal)  # [H, T, T] float32; sums below are float64
+
+        def total(x: np.ndarray) -> np.ndarray:  # [H, T, ...] summed over queries (and keys) per head
+            return x.reshape(len(x), -1).sum(axis=1, dtype=np.float64)
+
+        def diagonal(offset: int) -> np.ndarray:  # attention of each query on the key `offset` tokens away
+            return total(np.diagonal(a, offset=offset, axis1=1, axis2=2)) if abs(offset) < t else np.zeros(len(a))
+
+        position = np.arange(t, dtype=np.float32)
+        distance = np.abs(position[None, :] - position[:, None])
+        sums = [
+            -total(a * np.log(np.where(a > 0, a, 1.0))),
+            total(a * distance),
+            total(a[:, :, special]),
+            total(a[:, :, 0]),
+            diagonal(-1),
+            diagonal(0),
+            diagonal(1),
+        ]
         self.n_queries[layer] += t
-        self.query_sums[layer] += per_query.sum(axis=1)
-        for b in range(len(OFFSET_BINS)):
-            self.offsets[layer, :, b] += a[:, bins == b].sum(axis=1)
+        self.query_sums[layer] += np.stack(sums, axis=-1)
+        band = np.stack([diagonal(o) for o in range(-OFFSET_RADIUS, OFFSET_RADIUS + 1)], axis=-1)
+        left = total(np.tril(a, -OFFSET_RADIUS - 1))
+        self.offsets[layer] += np.column_stack([left, band, t - left - band.sum(axis=1)])
         self.q_sum[layer] += q.sum(axis=1)
         self.k_sum[layer] += k.sum(axis=1)
         self.q_norm_sum[layer] += np.linalg.norm(q, axis=2).sum(axis=1)
@@ -148,14 +153,29 @@ def head_similarity(profiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sit next to each other in the ordering (average-linkage clustering, optimal leaf order).
     """
     from scipy.cluster.hierarchy import leaves_list, linkage, optimal_leaf_ordering
-    from scipy.spatial.distance import jensenshannon, pdist, squareform
+    from scipy.spatial.distance import squareform
 
-    distances = pdist(profiles, metric=lambda u, v: float(np.nan_to_num(jensenshannon(u, v, base=2))))
-    similarity = 1.0 - squareform(distances)
+    distance = jensen_shannon_distances(profiles)
+    similarity = 1.0 - distance
     if len(profiles) < 3:
         return similarity, np.arange(len(profiles))
-    tree = optimal_leaf_ordering(linkage(distances, method="average"), distances)
+    condensed = squareform(distance, checks=False)
+    tree = optimal_leaf_ordering(linkage(condensed, method="average"), condensed)
     return similarity, leaves_list(tree)
+
+
+def jensen_shannon_distances(profiles: np.ndarray) -> np.ndarray:
+    """``[N, N]`` Jensen-Shannon distances (base 2, in [0, 1]) between the rows of ``profiles``."""
+    p = profiles / profiles.sum(axis=1, keepdims=True)
+    log_p = np.log2(np.where(p > 0, p, 1.0))
+    distance = np.zeros((len(p), len(p)))
+    for i in range(len(p)):  # one row at a time: memory stays [N, bins]
+        m = 0.5 * (p[i] + p)
+        log_m = np.log2(np.where(m > 0, m, 1.0))
+        divergence = 0.5 * ((p[i] * (log_p[i] - log_m)).sum(axis=1) + (p * (log_p - log_m)).sum(axis=1))
+        distance[i] = np.sqrt(np.maximum(divergence, 0.0))
+    np.fill_diagonal(distance, 0.0)
+    return distance
 
 
 def compute_metrics(store: Store | str | Path, progress: bool = True, force: bool = False) -> pd.DataFrame:
@@ -169,6 +189,7 @@ def compute_metrics(store: Store | str | Path, progress: bool = True, force: boo
         raise StoreError(f"store {store.path} holds no vectors")
     if store.has_metrics and not force:
         return store.metrics
+    remove_temps(store.path)  # what an interrupted run left behind
     sums = HeadSums.create(len(store.layers), store.n_heads, store.head_dim)
     for shard in tqdm(store.committed_shards(), unit="shard", desc="metrics", disable=not progress, dynamic_ncols=True):
         sums = sums.combine(shard_sums(store, shard))

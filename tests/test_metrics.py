@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from qkscale.metrics import OFFSET_BINS, HeadSums, compute_metrics, head_similarity
+from qkscale.metrics import OFFSET_BINS, HeadSums, compute_metrics, head_similarity, jensen_shannon_distances
 
 T = 4
 SPECIAL = np.array([True, False, False, True])
@@ -59,6 +59,11 @@ def test_previous_token_head_by_hand():
     assert row["centroid_distance"] == pytest.approx(np.linalg.norm(mean_q - mean_k), rel=1e-6)
     assert row["q_norm"] == pytest.approx(60.0)
     assert row["k_norm"] == pytest.approx(1.0)
+    sums = HeadSums.create(1, 1, T)
+    sums.append(0, queries[None], keys[None], SPECIAL, scale=1.0, causal=False)
+    profile = dict(zip(OFFSET_BINS, sums.offset_profiles()[0], strict=True))
+    assert profile["-1"] == pytest.approx(3 / 4) and profile["0"] == pytest.approx(1 / 4)
+    assert sum(profile.values()) == pytest.approx(1.0)
 
 
 def test_offset_profile_and_combine():
@@ -75,6 +80,28 @@ def test_offset_profile_and_combine():
     assert profiles.shape == (2, len(OFFSET_BINS))
     np.testing.assert_allclose(profiles.sum(axis=1), 1.0)
     assert profiles[:, 0].sum() > 0  # offsets below -8 exist in the 12-token document
+
+
+def test_far_offsets_fall_in_the_outer_bins():
+    t = 12
+    keys = np.eye(t, dtype=np.float32)
+    queries = 60.0 * np.eye(t, dtype=np.float32)[[11] * 6 + [0] * 6]  # queries 0-5 look at 11, 6-11 at 0
+    sums = HeadSums.create(1, 1, t)
+    sums.append(0, queries[None], keys[None], np.zeros(t, bool), scale=1.0, causal=False)
+    profile = dict(zip(OFFSET_BINS, sums.offset_profiles()[0], strict=True))
+    # Offsets 11-i for i=0..5 are 11..6: 11, 10, 9 land right of +8; 8, 7, 6 in their own bins.
+    assert profile[">8"] == pytest.approx(3 / 12) and profile["8"] == pytest.approx(1 / 12)
+    assert profile["<-8"] == pytest.approx(3 / 12) and profile["-6"] == pytest.approx(1 / 12)
+
+
+def test_jensen_shannon_matches_scipy():
+    from scipy.spatial.distance import jensenshannon
+
+    profiles = np.random.default_rng(0).dirichlet(np.ones(len(OFFSET_BINS)), size=6)
+    profiles[0, :3] = 0
+    profiles[0] /= profiles[0].sum()
+    expected = [[jensenshannon(u, v, base=2) for v in profiles] for u in profiles]
+    np.testing.assert_allclose(jensen_shannon_distances(profiles), expected, atol=1e-7)
 
 
 def test_similarity_is_symmetric_and_orders_alike_heads_together():
@@ -135,3 +162,21 @@ def test_metrics_cli_writes_and_store_reads(builtin_store, tmp_path, run_cli):
     assert not [p for p in store_path.rglob(".tmp-*")]
     code, out, _ = run_cli("inspect", store_path)
     assert "metrics    computed" in out
+
+
+def test_failed_recompute_keeps_the_old_metrics(builtin_store, tmp_path, monkeypatch):
+    from qkscale import open_store
+    from qkscale.store import metrics_files
+
+    store_path = tmp_path / "store"
+    shutil.copytree(builtin_store.path, store_path)
+    before = compute_metrics(store_path, progress=False)
+
+    def fail(temp, final):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(metrics_files, "commit_dir", fail)
+    with pytest.raises(OSError):
+        compute_metrics(store_path, progress=False, force=True)
+    assert open_store(store_path).metrics.equals(before)
+    assert not list(store_path.rglob(".tmp-*"))

@@ -40,6 +40,7 @@ class NeighborSearch:
 
     def __init__(self, sample: np.ndarray, n_queries: int, device: str = "cpu", seed: int = 0):
         self.sample = sample
+        device = device if device == "cpu" or _torch_cuda() else "cpu"  # e.g. cuML beside a CPU-only torch
         approximate = device == "cpu" and n_queries * len(sample) > EXACT_SEARCH_LIMIT
         self._index = _pynndescent_index(sample, seed) if approximate and _has_pynndescent() else None
         if self._index is None:
@@ -71,6 +72,12 @@ class NeighborSearch:
         return np.concatenate(indices), np.concatenate(distances)
 
 
+def _torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _has_pynndescent() -> bool:
     return importlib.util.find_spec("pynndescent") is not None
 
@@ -78,7 +85,8 @@ def _has_pynndescent() -> bool:
 def _pynndescent_index(sample: np.ndarray, seed: int):
     from pynndescent import NNDescent
 
-    index = NNDescent(sample, n_neighbors=30, random_state=seed, n_jobs=-1)
+    # One thread: pynndescent's graph, like umap-learn's, is only reproducible single-threaded.
+    index = NNDescent(sample, n_neighbors=30, random_state=seed, n_jobs=1)
     index.prepare()
     return index
 

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,10 @@ from qkscale.project.base import METHODS, MIN_POINTS, Backend
 from qkscale.project.placement import CHUNK_POINTS, NeighborSearch, chunks, linear_map, place_by_neighbors
 from qkscale.project.registry import get_backend
 from qkscale.project.sampling import fit_points, trustworthiness
-from qkscale.selection import parse_selection
+from qkscale.selection import format_selection, parse_selection
 from qkscale.store import Store, open_store
-from qkscale.store.projections import projection_path, read_record, write_projection
+from qkscale.store.files import remove_temps
+from qkscale.store.projections import PROJECTIONS, projection_key, projection_path, read_record, write_projection
 
 METRICS = ("cosine", "euclidean")
 DEFAULT_SAMPLE = 20_000
@@ -45,6 +46,8 @@ class ProjectionSettings:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise OptionError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if not 0 <= self.seed < 2**32:
+            raise OptionError(f"--seed must be between 0 and 2**32 - 1, not {self.seed}")
         if self.metric not in METRICS:
             raise OptionError(f"unknown metric {self.metric!r}; choose from {', '.join(METRICS)}")
         need = MIN_POINTS.get(self.method, 0)
@@ -65,25 +68,13 @@ class ProjectionPlan:
         return [h for h in self.heads if h not in self.done]
 
 
-def _select(
-    store: Store, layers: str | Iterable[int] | None, heads: str | Iterable[int] | None
-) -> list[tuple[int, int]]:
+def _select(store: Store, layers: str | list[int] | None, heads: str | list[int] | None) -> list[tuple[int, int]]:
     stored = store.layers
-    if layers is None:
-        layer_list = stored
-    else:
-        layer_list = parse_selection(layers, store.n_layers, "layer") if isinstance(layers, str) else list(layers)
-        missing = [layer for layer in layer_list if layer not in stored]
-        if missing:
-            raise OptionError(f"layer {missing[0]} is not in the store (stored layers: {stored})")
-    head_list = (
-        list(range(store.n_heads))
-        if heads is None
-        else (parse_selection(heads, store.n_heads, "head") if isinstance(heads, str) else list(heads))
-    )
-    for head in head_list:
-        if not 0 <= head < store.n_heads:
-            raise OptionError(f"head {head} is out of range (this model has {store.n_heads} heads)")
+    layer_list = stored if layers is None else parse_selection(layers, store.n_layers, "layers")
+    missing = [layer for layer in layer_list if layer not in stored]
+    if missing:
+        raise OptionError(f"layer {missing[0]} is not in the store (stored layers: {format_selection(stored)})")
+    head_list = parse_selection(heads, store.n_heads, "heads")
     return [(layer, head) for layer in layer_list for head in head_list]
 
 
@@ -92,8 +83,8 @@ def plan_projection(
     method: str = "umap",
     dims: int = 2,
     backend: str | Backend = "auto",
-    layers: str | Iterable[int] | None = None,
-    heads: str | Iterable[int] | None = None,
+    layers: str | list[int] | None = None,
+    heads: str | list[int] | None = None,
     sample: int = DEFAULT_SAMPLE,
     metric: str = "cosine",
     seed: int = 0,
@@ -148,13 +139,25 @@ def joint_points(q: np.ndarray, k: np.ndarray, settings: ProjectionSettings) -> 
     return points, normalization
 
 
+def _quiet(stage: str) -> None:
+    """The default progress report: none."""
+
+
 def embed_points(
-    points: np.ndarray, docs: np.ndarray, settings: ProjectionSettings, backend: Backend
+    points: np.ndarray,
+    docs: np.ndarray,
+    settings: ProjectionSettings,
+    backend: Backend,
+    report: Callable[[str], None] = _quiet,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Coordinates of ``points`` (``[queries; keys]`` of the tokens in ``docs``): fit a sample, place the rest."""
+    """Coordinates of ``points`` (``[queries; keys]`` of the tokens in ``docs``): fit a sample, place the rest.
+
+    ``report`` is called with a short description of each stage (for a progress bar).
+    """
     started = time.perf_counter()
     fitted = fit_points(docs, settings.sample, np.random.default_rng(settings.seed))
     sample = points[fitted]
+    report(f"fitting {len(fitted):,} points")
     sample_embedding = backend.embed(sample, settings.method, settings.dims, settings.seed)
     fit_seconds = time.perf_counter() - started
 
@@ -171,6 +174,7 @@ def embed_points(
             place = lambda chunk: place_by_neighbors(search, sample_embedding, chunk)  # noqa: E731
             placement = f"{'exact' if search.exact else 'approximate'} nearest-neighbour interpolation"
         for chunk in chunks(len(rest), CHUNK_POINTS):
+            report(f"placing {len(rest):,} points: {chunk.start / len(rest):.0%}")
             coords[rest[chunk]] = place(points[rest[chunk]])
     if not np.isfinite(coords).all():
         raise QKScaleError(f"{backend.name} returned non-finite coordinates")
@@ -184,14 +188,23 @@ def embed_points(
     return coords, details
 
 
-def project_head(store: Store, layer: int, head: int, settings: ProjectionSettings, backend: Backend) -> dict[str, Any]:
+def project_head(
+    store: Store,
+    layer: int,
+    head: int,
+    settings: ProjectionSettings,
+    backend: Backend,
+    report: Callable[[str], None] = _quiet,
+) -> dict[str, Any]:
     """Project one head's queries and keys jointly and commit the result; returns its record."""
     started = time.perf_counter()
+    report("reading and normalising")
     points, normalization = joint_points(store.queries(layer, head), store.keys(layer, head), settings)
     try:
-        coords, details = embed_points(points, store.tokens["doc"].to_numpy(), settings, backend)
+        coords, details = embed_points(points, store.tokens["doc"].to_numpy(), settings, backend, report)
     except QKScaleError as exc:
         raise QKScaleError(f"layer {layer} head {head}: {exc}") from None
+    report("scoring and writing")
     record = {
         "settings": asdict(settings),
         "layer": layer,
@@ -218,14 +231,18 @@ def run_plan(plan: ProjectionPlan, progress: bool = True) -> list[dict[str, Any]
     """Project every head of ``plan`` not done yet, with a progress bar over heads."""
     from tqdm.auto import tqdm
 
+    remove_temps(plan.store.path / PROJECTIONS / projection_key(plan.settings.method, plan.settings.dims))
     records = []
     label = f"{plan.settings.method} {plan.settings.dims}D ({plan.backend.name})"
     with tqdm(
         total=len(plan.heads), initial=len(plan.done), unit="head", desc=label, disable=not progress, dynamic_ncols=True
     ) as bar:
         for layer, head in plan.todo:
-            bar.set_postfix_str(f"L{layer} H{head}")
-            records.append(project_head(plan.store, layer, head, plan.settings, plan.backend))
+
+            def report(stage: str, layer: int = layer, head: int = head) -> None:
+                bar.set_postfix_str(f"L{layer} H{head}: {stage}")
+
+            records.append(project_head(plan.store, layer, head, plan.settings, plan.backend, report))
             bar.update()
     return records
 

@@ -10,17 +10,18 @@ TRUST_SEED = 20230101  # fixed: every projection of a head is scored on the same
 
 
 def stratified_rows(docs: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` token rows spread evenly over documents (systematic sampling in document order).
+    """``n`` token rows spread evenly over documents: one random row from each of ``n`` equal strata.
 
-    Each document gets a share of the sample proportional to its length, so long and short
-    documents, and the beginning and end of the corpus, are all represented.
+    Rows are taken in document order, so each document gets a share of the sample proportional to
+    its length (within one row), and the beginning and end of the corpus are all represented. Each
+    stratum draws its own offset, so equal-length documents do not all give the same positions.
     """
     total = len(docs)
     if n >= total:
         return np.arange(total)
     by_document = np.argsort(docs, kind="stable")
     step = total / n
-    picks = (rng.uniform(0, step) + step * np.arange(n)).astype(np.int64)
+    picks = ((np.arange(n) + rng.random(n)) * step).astype(np.int64)
     return np.sort(by_document[np.minimum(picks, total - 1)])
 
 

@@ -26,7 +26,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(temp, path)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file or folder (after a rename into it) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -41,10 +42,10 @@ def commit_dir(temp: Path, final: Path) -> bool:
     so a second writer of the same shard has nothing to add.
     """
     for file in temp.iterdir():
-        _fsync(file)
+        fsync_path(file)
     try:
         os.rename(temp, final)
-        _fsync(final.parent)
+        fsync_path(final.parent)
         return True
     except OSError:
         if final.is_dir():

@@ -40,14 +40,22 @@ def write_metrics(
         table.to_parquet(temp / HEADS, index=False)
         pd.DataFrame(profiles, index=labels, columns=bins).to_parquet(temp / OFFSETS)
         pd.DataFrame(similarity, index=labels, columns=labels).to_parquet(temp / SIMILARITY)
-        if final.exists():
-            old = temp_sibling(final)
-            os.rename(final, old)
-            shutil.rmtree(old)
-        commit_dir(temp, final)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+    # Swap: the old metrics stay readable until the new ones are in place (a crash in between
+    # leaves them aside as a temp folder, which the next run removes).
+    old = temp_sibling(final)
+    if final.exists():
+        os.rename(final, old)
+    try:
+        commit_dir(temp, final)
+    except BaseException:
+        if old.exists() and not final.exists():
+            os.rename(old, final)
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_metrics(root: Path, name: str) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qkscale.store.files import temp_sibling
+from qkscale.store.files import fsync_path, temp_sibling
 
 PROJECTIONS = "projections"
 _RECORD_KEY = b"qkscale"
@@ -53,6 +53,7 @@ def write_projection(path: Path, tokens: np.ndarray, kinds: np.ndarray, coords: 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
+        fsync_path(path.parent)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

@@ -129,9 +129,15 @@ class Store:
 
     def shard_rows(self, shard: int) -> slice:
         """Row range of committed shard ``shard`` in :attr:`tokens`."""
-        position = self._shards.index(shard)
-        start = sum(self.shard_info(s)["n_tokens"] for s in self._shards[:position])
+        if shard not in self._shard_starts:
+            raise StoreError(f"shard {shard} is not committed in store {self.path}")
+        start = self._shard_starts[shard]
         return slice(start, start + self.shard_info(shard)["n_tokens"])
+
+    @functools.cached_property
+    def _shard_starts(self) -> dict[int, int]:
+        counts = [self.shard_info(s)["n_tokens"] for s in self._shards]
+        return dict(zip(self._shards, np.cumsum([0, *counts[:-1]]).tolist(), strict=True))
 
     # -- vectors -----------------------------------------------------------------------------
     def _check_head(self, layer: int, head: int) -> None:
