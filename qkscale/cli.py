@@ -104,10 +104,11 @@ def project(
         )
     records = run_plan(plan)
     if records:
-        trust = [r["trustworthiness"] for r in records]
+        trust = sorted(r["trustworthiness"] for r in records)
+        span = f"{trust[0]:.3f}" if len(trust) == 1 else f"{trust[0]:.3f}-{trust[-1]:.3f}"
         typer.echo(
             f"projected {len(records)} heads with {records[0]['library']} on {records[0]['device']}: "
-            f"trustworthiness {min(trust):.3f}-{max(trust):.3f}, {sum(r['seconds'] for r in records):.1f} s"
+            f"trustworthiness {span}, {sum(r['seconds'] for r in records):.1f} s"
         )
 
 
