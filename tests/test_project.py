@@ -192,6 +192,15 @@ def test_projection_files_and_rerun(store_copy, run_cli):
     assert not list(store_copy.path.rglob(".tmp-*"))
 
 
+def test_projection_is_reproducible_end_to_end(store_copy):
+    """Same settings, same coordinates: sampling, fit and placement are all seeded."""
+    project(store_copy, method="umap", layers=[1], heads=[4], sample=600, progress=False)
+    first = store_copy.projection(1, 4)
+    project(store_copy, method="umap", layers=[1], heads=[4], sample=600, progress=False, force=True)
+    assert store_copy.projection(1, 4).equals(first)
+    assert store_copy.projection_record(1, 4)["n_fitted"] == 600
+
+
 def test_python_api_projects_and_reads(store_copy):
     project(store_copy, method="tsne", layers=[2], heads=[0], sample=800, progress=False)
     record = store_copy.projection_record(2, 0, "tsne", 2)
