@@ -18,7 +18,7 @@ import numpy as np
 from qkscale import __version__
 from qkscale.errors import OptionError, QKScaleError, StoreError
 from qkscale.joint import JointNormalization, normalize_with_info
-from qkscale.project.base import METHODS, MIN_POINTS, Backend
+from qkscale.project.base import MIN_POINTS, Backend
 from qkscale.project.placement import CHUNK_POINTS, NeighborSearch, chunks, linear_map, place_by_neighbors
 from qkscale.project.registry import get_backend
 from qkscale.project.sampling import fit_points, trustworthiness
@@ -44,8 +44,7 @@ class ProjectionSettings:
     scale: bool = True
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise OptionError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        """Check what the backend does not (it checks method and dims: :meth:`Backend.check`)."""
         if not 0 <= self.seed < 2**32:
             raise OptionError(f"--seed must be between 0 and 2**32 - 1, not {self.seed}")
         if self.metric not in METRICS:
