@@ -23,7 +23,7 @@ from qkscale import __version__
 from qkscale.corpus import Corpus, open_corpus, shards
 from qkscale.errors import OptionError, StoreError
 from qkscale.models import DEFAULT_MODEL, Family, ModelInfo, QKCapture, inspect_model, load_model, score_scales
-from qkscale.models.loader import resolve_device, resolve_dtype
+from qkscale.models.loader import attention_windows, resolve_device, resolve_dtype
 from qkscale.selection import parse_selection
 from qkscale.store import ShardWriter, Store, layout, read_manifest
 from qkscale.store.files import remove_temps, write_json_atomic
@@ -177,7 +177,8 @@ class LoadedModel:
     @classmethod
     def load(cls, plan: ExtractionPlan) -> LoadedModel:
         model, tokenizer = load_model(plan.info.source, plan.device, plan.dtype)
-        capture = QKCapture(model, plan.family, plan.layers, plan.info.n_heads, plan.info.head_dim)
+        info = plan.info
+        capture = QKCapture(model, plan.family, plan.layers, info.n_heads, info.head_dim, info.n_kv_heads)
         return cls(model, tokenizer, capture, plan.device)
 
 
@@ -220,7 +221,7 @@ def extract_shard(
     full_lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     n_special = tokenizer.num_special_tokens_to_add()
     ids_per_doc: list[list[int]] = encoded["input_ids"]
-    writer = ShardWriter(plan.out, shard, plan.layers, plan.info.n_heads, plan.info.head_dim)
+    writer = ShardWriter(plan.out, shard, plan.layers, plan.info.n_heads, plan.info.head_dim, plan.info.n_kv_heads)
     try:
         writer.add_documents(
             [
@@ -298,6 +299,7 @@ def extract(
         "qkscale_version": __version__,
         **plan.identity,
         "score_scale": score_scales(loaded.model, plan.family, plan.info.n_layers, plan.info.head_dim),
+        "attention_window": attention_windows(loaded.model, plan.family, plan.info.n_layers),
         "n_docs": plan.n_docs,
         "n_shards": plan.n_shards,
         "complete": False,

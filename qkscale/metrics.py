@@ -65,12 +65,21 @@ class HeadSums:
             k_norm_sum=zeros(n_layers, n_heads),
         )
 
-    def append(self, layer: int, q: np.ndarray, k: np.ndarray, special: np.ndarray, scale: float, causal: bool) -> None:
+    def append(
+        self,
+        layer: int,
+        q: np.ndarray,
+        k: np.ndarray,
+        special: np.ndarray,
+        scale: float,
+        causal: bool,
+        window: int | None = None,
+    ) -> None:
         """Add one document's heads of one layer: ``q``, ``k`` are ``[H, T, D]``, ``special`` is ``[T]``."""
         q = q.astype(np.float32)
         k = k.astype(np.float32)
         t = q.shape[1]
-        a = attention_weights(q, k, scale, causal)  # [H, T, T] float32; sums below are float64
+        a = attention_weights(q, k, scale, causal, window)  # [H, T, T] float32; sums below are float64
 
         def total(x: np.ndarray) -> np.ndarray:  # [H, T, ...] summed over queries (and keys) per head
             return x.reshape(len(x), -1).sum(axis=1, dtype=np.float64)
@@ -139,10 +148,10 @@ def shard_sums(store: Store, shard: int) -> HeadSums:
     for index, layer in enumerate(store.layers):
         q = np.stack([store._vectors("q", layer, h, rows) for h in range(store.n_heads)])
         k = np.stack([store._vectors("k", layer, h, rows) for h in range(store.n_heads)])
-        scale = store.score_scale(layer)
+        scale, window = store.score_scale(layer), store.attention_window(layer)
         for start, length in zip(starts, lengths, strict=True):
             doc = slice(start, start + length)
-            sums.append(index, q[:, doc], k[:, doc], special[doc], scale, store.causal)
+            sums.append(index, q[:, doc], k[:, doc], special[doc], scale, store.causal, window)
     return sums
 
 

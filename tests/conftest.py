@@ -34,13 +34,10 @@ def _write_lines(path: Path, lines: list[str]) -> Path:
 INITIALIZER_RANGE = 0.2
 
 
-def _save_tiny_gpt2(folder: Path, special_tokens: bool = True) -> Path:
-    """A randomly initialised GPT-2 with a byte-level BPE tokenizer trained on builtin prose.
-
-    Without ``special_tokens`` the tokenizer has no pad, eos, bos or unk token at all.
-    """
+def _bpe_tokenizer(special_tokens: bool = True):
+    """A byte-level BPE tokenizer trained on builtin prose (no pad, eos, bos or unk without ``special_tokens``)."""
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import AutoModel, GPT2Config, GPT2TokenizerFast
+    from transformers import GPT2TokenizerFast
 
     from qkscale.corpus.builtin import builtin_sentences
 
@@ -48,7 +45,14 @@ def _save_tiny_gpt2(folder: Path, special_tokens: bool = True) -> Path:
     end = ["<|endoftext|>"] if special_tokens else []
     bpe.train_from_iterator(builtin_sentences()[:3000], vocab_size=600, special_tokens=end)
     names = dict.fromkeys(("eos_token", "bos_token", "unk_token"), end[0] if end else None)
-    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, **names)
+    return GPT2TokenizerFast(tokenizer_object=bpe, **names)
+
+
+def _save_tiny_gpt2(folder: Path, special_tokens: bool = True) -> Path:
+    """A randomly initialised GPT-2 with a byte-level BPE tokenizer trained on builtin prose."""
+    from transformers import AutoModel, GPT2Config
+
+    tokenizer = _bpe_tokenizer(special_tokens)
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=128,
@@ -59,6 +63,38 @@ def _save_tiny_gpt2(folder: Path, special_tokens: bool = True) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         initializer_range=INITIALIZER_RANGE,
         scale_attn_by_inverse_layer_idx=True,  # per-layer score scales: the oracle checks them too
+    )
+    _save(AutoModel.from_config(config), tokenizer, folder)
+    return folder
+
+
+# LLaMA-style decoders: rotary embeddings, grouped-query attention (4 query heads share 2 key/value
+# heads) and, for Mistral and Qwen2, sliding windows shorter than the test sentences.
+_DECODER_OPTIONS = {
+    "llama": {},
+    "mistral": {"sliding_window": 8},
+    "qwen2": {"use_sliding_window": True, "sliding_window": 6, "max_window_layers": 1},
+}
+
+
+def _save_tiny_decoder(folder: Path, model_type: str) -> Path:
+    """A randomly initialised LLaMA, Mistral or Qwen2 with the byte-level BPE tokenizer."""
+    from transformers import AutoConfig, AutoModel
+
+    tokenizer = _bpe_tokenizer()
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=INITIALIZER_RANGE,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **_DECODER_OPTIONS[model_type],
     )
     _save(AutoModel.from_config(config), tokenizer, folder)
     return folder
@@ -105,6 +141,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         "gpt2": _save_tiny_gpt2(root / "gpt2"),
         "roberta": _save_tiny_encoder(root / "roberta", "roberta"),
         "distilbert": _save_tiny_encoder(root / "distilbert", "distilbert"),
+        **{name: _save_tiny_decoder(root / name, name) for name in _DECODER_OPTIONS},
     }
 
 

@@ -64,7 +64,7 @@ def test_shape_mismatch_is_refused():
         normalize(np.zeros((3, 4)), np.zeros((2, 4)))
 
 
-@pytest.mark.parametrize("store_name", ["minilm", "gpt2", "roberta", "distilbert", "builtin"])
+@pytest.mark.parametrize("store_name", ["minilm", "gpt2", "roberta", "distilbert", "qwen2", "builtin"])
 def test_attention_is_invariant_for_every_document(store_name, sentence_stores, builtin_store):
     store = builtin_store if store_name == "builtin" else sentence_stores[store_name]
     docs = store.documents["doc"].tolist()
@@ -75,7 +75,9 @@ def test_attention_is_invariant_for_every_document(store_name, sentence_stores, 
             assert not np.allclose(q2, store.queries(layer, head).astype(np.float32))  # it did transform
             for doc in docs:
                 rows = store.doc_rows(doc)
-                recomputed = attention_weights(q2[rows], k2[rows], store.score_scale(layer), store.causal)
+                recomputed = attention_weights(
+                    q2[rows], k2[rows], store.score_scale(layer), store.causal, store.attention_window(layer)
+                )
                 worst = max(worst, float(np.abs(recomputed - store.attention(doc, layer, head)).max()))
     assert worst < 2e-4
 

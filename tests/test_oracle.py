@@ -10,7 +10,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from qkscale.models.loader import resolve_source
 
-FAMILIES = ["minilm", "gpt2", "roberta", "distilbert"]
+FAMILIES = ["minilm", "gpt2", "roberta", "distilbert", "llama", "mistral", "qwen2"]
+DECODERS = ("gpt2", "llama", "mistral", "qwen2")
 
 
 def _eager_attentions(source: str) -> tuple[list[torch.Tensor], list[int]]:
@@ -60,8 +61,26 @@ def test_gpt2_attention_is_causal(sentence_stores):
 def test_manifest_records_each_family(sentence_stores):
     for family, store in sentence_stores.items():
         model = store.manifest["model"]
-        assert model["causal"] is (family == "gpt2")
-        assert store.head_dim * store.n_heads == {"minilm": 384, "gpt2": 64}.get(family, 48)
+        assert model["causal"] is (family in DECODERS)
+        assert store.head_dim * store.n_heads == {"minilm": 384, "roberta": 48, "distilbert": 48}.get(family, 64)
         assert len(store.manifest["score_scale"]) == store.n_layers
     scales = sentence_stores["gpt2"].manifest["score_scale"]
     assert scales == pytest.approx([16**-0.5 / (layer + 1) for layer in range(3)])
+
+
+def test_grouped_query_heads_share_their_keys(sentence_stores):
+    store = sentence_stores["llama"]
+    assert (store.n_heads, store.n_kv_heads) == (4, 2) and store.manifest["model"]["n_kv_heads"] == 2
+    assert [store.kv_head(h) for h in range(4)] == [0, 0, 1, 1]
+    np.testing.assert_array_equal(store.keys(1, 0), store.keys(1, 1))
+    assert not np.array_equal(store.keys(1, 1), store.keys(1, 2))
+    assert not np.array_equal(store.queries(1, 0), store.queries(1, 1))
+
+
+def test_sliding_windows_are_recorded_and_applied(sentence_stores):
+    assert sentence_stores["llama"].manifest["attention_window"] == [None, None, None]
+    assert sentence_stores["mistral"].manifest["attention_window"] == [8, 8, 8]
+    assert sentence_stores["qwen2"].manifest["attention_window"] == [None, 6, 6]
+    attention = sentence_stores["mistral"].attention(3, 2, 1)  # a long sentence: the window cuts it
+    assert attention.shape[0] > 8
+    assert np.all(np.tril(attention, k=-8) == 0) and np.all(np.triu(attention, k=1) == 0)

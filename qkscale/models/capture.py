@@ -1,9 +1,15 @@
-"""Capture queries and keys from a model's own projection modules with forward hooks."""
+"""Capture queries and keys from a model's own modules: projection hooks, or its attention function.
+
+Most families expose q and k as outputs of projection modules, caught by forward hooks. Rotary
+models (LLaMA-style) rotate q and k inside the attention module, so those are caught where the
+model hands them to its attention function: a registered function records them, then runs
+PyTorch's SDPA attention exactly as the model would.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,23 +22,65 @@ class _StopForward(Exception):
     """Raised by a hook once every requested layer is captured, to skip the remaining layers."""
 
 
+CAPTURE_ATTENTION = "qkscale_capture"
+# Attention modules being captured (by id) -> the function that records their q and k.
+_RECORDERS: dict[int, Callable[[torch.Tensor, torch.Tensor], None]] = {}
+
+
+def _capturing_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, *args, **kwargs):
+    """The attention function of a captured model: record q, k ([batch, heads, tokens, d]), then attend."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    recorder = _RECORDERS.get(id(module))
+    if recorder is not None:
+        recorder(query, key)
+    return sdpa_attention_forward(module, query, key, *args, **kwargs)
+
+
+def _register_capturing_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(CAPTURE_ATTENTION, _capturing_attention)
+    AttentionMaskInterface.register(CAPTURE_ATTENTION, sdpa_mask)
+
+
 class QKCapture:
     """Forward hooks that record ``[batch, tokens, heads, head_dim]`` queries and keys per layer.
 
     Use :meth:`run` to do one forward pass; it stops the model after the last requested layer.
     """
 
-    def __init__(self, model: nn.Module, family: Family, layers: Sequence[int], n_heads: int, head_dim: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        family: Family,
+        layers: Sequence[int],
+        n_heads: int,
+        head_dim: int,
+        n_kv_heads: int | None = None,
+    ):
         self.layers = list(layers)
         self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads or n_heads
         self.head_dim = head_dim
         self.queries: dict[int, torch.Tensor] = {}
         self.keys: dict[int, torch.Tensor] = {}
         self._last_layer = max(self.layers)
         self._handles = []
+        self._model = model
+        self._attention_before: str | None = None
+        self._recorded: list[int] = []
+        if family.after_rotary:
+            _register_capturing_attention()
+            self._attention_before = model.config._attn_implementation
+            model.set_attn_implementation(CAPTURE_ATTENTION)
         for layer in self.layers:
             attention = model.get_submodule(family.attention.format(layer=layer))
-            if family.fused_qkv:
+            if family.after_rotary:
+                _RECORDERS[id(attention)] = self._recorder(layer)
+                self._recorded.append(id(attention))
+            elif family.fused_qkv:
                 self._hook(attention.get_submodule(family.fused_qkv), layer, "qk")
             else:
                 self._hook(attention.get_submodule(family.query), layer, "q")
@@ -52,6 +100,15 @@ class QKCapture:
 
         self._handles.append(module.register_forward_hook(hook))
 
+    def _recorder(self, layer: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        def record(query: torch.Tensor, key: torch.Tensor) -> None:
+            self.queries[layer] = query.transpose(1, 2)  # [batch, tokens, heads, d], as the hooks give
+            self.keys[layer] = key.transpose(1, 2)  # key/value heads only
+            if layer == self._last_layer:
+                raise _StopForward
+
+        return record
+
     @torch.inference_mode()
     def run(self, model: nn.Module, **inputs: torch.Tensor) -> None:
         """One forward pass that fills :attr:`queries` and :attr:`keys` for every requested layer."""
@@ -65,19 +122,23 @@ class QKCapture:
 
         Returns two float16 arrays ``[layers, heads, n_real_tokens, head_dim]`` (the on-disk order).
         """
-        return self._gather(self.queries, real), self._gather(self.keys, real)
+        return self._gather(self.queries, real, self.n_heads), self._gather(self.keys, real, self.n_kv_heads)
 
-    def _gather(self, captured: dict[int, torch.Tensor], real: torch.Tensor) -> np.ndarray:
+    def _gather(self, captured: dict[int, torch.Tensor], real: torch.Tensor, n_heads: int) -> np.ndarray:
         n_real = int(real.sum())
-        out = torch.empty(
-            (len(self.layers), self.n_heads, n_real, self.head_dim), dtype=torch.float16, device=real.device
-        )
+        out = torch.empty((len(self.layers), n_heads, n_real, self.head_dim), dtype=torch.float16, device=real.device)
         for index, layer in enumerate(self.layers):
             out[index].copy_(captured[layer][real].transpose(0, 1))  # [tokens, heads, d] -> [heads, tokens, d]
         return out.cpu().numpy()
 
     def remove(self) -> None:
-        """Detach the hooks from the model."""
+        """Detach the hooks from the model (and give it back its own attention function)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for module_id in self._recorded:
+            _RECORDERS.pop(module_id, None)
+        self._recorded.clear()
+        if self._attention_before is not None:
+            self._model.set_attn_implementation(self._attention_before)
+            self._attention_before = None

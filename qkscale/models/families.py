@@ -11,7 +11,11 @@ class Family:
 
     ``attention`` is the path of a layer's attention module relative to the base model
     (``AutoModel``), with ``{layer}`` for the layer index. Either ``query`` and ``key`` name its
-    separate projection modules, or ``fused_qkv`` names one module whose output is ``[q | k | v]``.
+    separate projection modules, or ``fused_qkv`` names one module whose output is ``[q | k | v]``,
+    or ``after_rotary`` says that q and k are taken where the model hands them to its attention
+    function: after the rotary embedding, keys per key/value head (grouped-query attention).
+    ``window_config`` names the config field of a sliding window that applies to every layer;
+    a per-layer window is read from the attention module's own ``sliding_window``.
     """
 
     name: str
@@ -22,6 +26,8 @@ class Family:
     fused_qkv: str | None = None
     causal: bool = False
     positions_after_padding: bool = False  # RoBERTa: position ids start at pad_token_id + 1
+    after_rotary: bool = False
+    window_config: str | None = None
 
 
 _BERT_ATTENTION = "encoder.layer.{layer}.attention.self"
@@ -31,6 +37,15 @@ FAMILIES: tuple[Family, ...] = (
     Family("roberta", ("roberta",), _BERT_ATTENTION, "query", "key", positions_after_padding=True),
     Family("distilbert", ("distilbert",), "transformer.layer.{layer}.attention", "q_lin", "k_lin"),
     Family("gpt2", ("gpt2",), "h.{layer}.attn", fused_qkv="c_attn", causal=True),
+    Family("llama", ("llama", "qwen2"), "layers.{layer}.self_attn", causal=True, after_rotary=True),
+    Family(
+        "mistral",
+        ("mistral",),
+        "layers.{layer}.self_attn",
+        causal=True,
+        after_rotary=True,
+        window_config="sliding_window",
+    ),
 )
 
 FAMILY_BY_MODEL_TYPE: dict[str, Family] = {t: f for f in FAMILIES for t in f.model_types}

@@ -23,6 +23,7 @@ class ModelInfo:
     family: str
     n_layers: int
     n_heads: int
+    n_kv_heads: int  # key/value heads: fewer than n_heads under grouped-query attention
     head_dim: int
     causal: bool
     max_positions: int | None
@@ -69,7 +70,8 @@ def inspect_model(source: str) -> tuple[ModelInfo, Family]:
         family=family.name,
         n_layers=config.num_hidden_layers,
         n_heads=n_heads,
-        head_dim=config.hidden_size // n_heads,
+        n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // n_heads,
         causal=family.causal,
         max_positions=_max_positions(config, family),
     )
@@ -133,6 +135,16 @@ def load_model(source: str, device: str = "cpu", dtype: str = "float32"):
     if tokenizer.pad_token is None and (tokenizer.eos_token or tokenizer.unk_token):
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return model.to(device).eval(), tokenizer
+
+
+def attention_windows(model, family: Family, n_layers: int) -> list[int | None]:
+    """Each layer's sliding window (a query sees the last ``window`` keys), or None for full attention."""
+    config_window = getattr(model.config, family.window_config, None) if family.window_config else None
+    windows = []
+    for layer in range(n_layers):
+        attention = model.get_submodule(family.attention.format(layer=layer))
+        windows.append(getattr(attention, "sliding_window", None) or config_window)
+    return windows
 
 
 def score_scales(model, family: Family, n_layers: int, head_dim: int) -> list[float]:

@@ -52,6 +52,15 @@ class Store:
         return self.manifest["model"]["n_heads"]
 
     @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads (fewer than :attr:`n_heads` under grouped-query attention)."""
+        return self.manifest["model"].get("n_kv_heads", self.n_heads)
+
+    def kv_head(self, head: int) -> int:
+        """The key/value head that query head ``head`` attends with."""
+        return head // (self.n_heads // self.n_kv_heads)
+
+    @property
     def head_dim(self) -> int:
         return self.manifest["model"]["head_dim"]
 
@@ -150,7 +159,8 @@ class Store:
         """``[n, head_dim]`` float16 vectors of one head, reading only that head's column."""
         self._check_head(layer, head)
         start, stop, _ = rows.indices(self.n_tokens)
-        column = self._vector_table.column(layout.vector_column(kind, layer, head)).slice(start, stop - start)
+        stored_head = self.kv_head(head) if kind == "k" else head
+        column = self._vector_table.column(layout.vector_column(kind, layer, stored_head)).slice(start, stop - start)
         parts = [chunk.flatten().to_numpy(zero_copy_only=True) for chunk in column.chunks]
         return np.concatenate(parts or [np.empty(0, np.float16)]).reshape(-1, self.head_dim)
 
@@ -159,7 +169,7 @@ class Store:
         return self._vectors("q", layer, head)
 
     def keys(self, layer: int, head: int) -> np.ndarray:
-        """``[n_tokens, head_dim]`` float16 keys of one head."""
+        """``[n_tokens, head_dim]`` float16 keys that query head ``head`` attends with."""
         return self._vectors("k", layer, head)
 
     def attention(self, doc: int, layer: int, head: int) -> np.ndarray:
@@ -167,7 +177,12 @@ class Store:
         rows = self.doc_rows(doc)
         q = self._vectors("q", layer, head, rows)
         k = self._vectors("k", layer, head, rows)
-        return attention_weights(q, k, self.score_scale(layer), self.causal)
+        return attention_weights(q, k, self.score_scale(layer), self.causal, self.attention_window(layer))
+
+    def attention_window(self, layer: int) -> int | None:
+        """The sliding window of ``layer`` (a query sees its last ``window`` keys), or None."""
+        windows = self.manifest.get("attention_window")
+        return windows[layer] if windows else None
 
     def score_scale(self, layer: int) -> float:
         """The factor the model multiplies ``q·k`` by in ``layer`` (usually ``1/sqrt(head_dim)``)."""

@@ -19,18 +19,20 @@ from qkscale.store.files import commit_dir, temp_sibling
 class ShardWriter:
     """Collects the batches of one shard in a temp folder; :meth:`commit` renames it into place."""
 
-    def __init__(self, root: Path, shard: int, layers: Sequence[int], n_heads: int, head_dim: int):
+    def __init__(
+        self, root: Path, shard: int, layers: Sequence[int], n_heads: int, head_dim: int, n_kv_heads: int | None = None
+    ):
         self.final = layout.shard_dir(root, shard)
         self.temp = temp_sibling(self.final)
         self.temp.mkdir(parents=True)
         self.layers = list(layers)
-        self.n_heads = n_heads
         self.head_dim = head_dim
+        self.heads = {"q": n_heads, "k": n_kv_heads or n_heads}  # keys per key/value head
         fields = [
             pa.field(layout.vector_column(kind, layer, head), pa.list_(pa.float16(), head_dim))
             for kind in "qk"
             for layer in self.layers
-            for head in range(n_heads)
+            for head in range(self.heads[kind])
         ]
         self._sink = pa.OSFile(str(self.temp / layout.VECTORS), "wb")
         self._schema = pa.schema(fields)
@@ -39,12 +41,12 @@ class ShardWriter:
         self._docs: list[dict] = []
 
     def write_batch(self, tokens: dict[str, np.ndarray | list], queries: np.ndarray, keys: np.ndarray) -> None:
-        """Append one batch: token rows and ``[n_layers, n_heads, n_tokens, head_dim]`` float16 q and k."""
+        """Append one batch: token rows, ``[n_layers, heads, n_tokens, head_dim]`` float16 q and k."""
         columns = []
-        for vectors in (queries, keys):
+        for kind, vectors in (("q", queries), ("k", keys)):
             by_head = np.ascontiguousarray(vectors, dtype=np.float16)
             for layer_index in range(len(self.layers)):
-                for head in range(self.n_heads):
+                for head in range(self.heads[kind]):
                     flat = pa.array(by_head[layer_index, head].reshape(-1))
                     columns.append(pa.FixedSizeListArray.from_arrays(flat, self.head_dim))
         self._vectors.write_batch(pa.record_batch(columns, schema=self._schema))
