@@ -33,6 +33,13 @@ def extract(
     docs_per_shard: Annotated[int, typer.Option(help="Documents per atomically committed shard.")] = 1024,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (float32 on CPU, float16 on CUDA), float16 or bfloat16.")] = "auto",
+    q_module: Annotated[
+        str | None, typer.Option(help="Generic adapter: query projection path with {layer}, e.g. layers.{layer}.q.")
+    ] = None,
+    k_module: Annotated[str | None, typer.Option(help="Generic adapter: key projection path with {layer}.")] = None,
+    n_heads: Annotated[int | None, typer.Option(help="Generic adapter: heads per layer (default: config).")] = None,
+    head_dim: Annotated[int | None, typer.Option(help="Generic adapter: head size (default: config).")] = None,
+    causal: Annotated[bool, typer.Option("--causal", help="Generic adapter: the model masks later tokens.")] = False,
 ) -> None:
     """Extract every head's queries and keys over a corpus into a store (resumable)."""
     from qkscale.extraction import extract as run_extract
@@ -49,6 +56,11 @@ def extract(
         docs_per_shard=docs_per_shard,
         device=device,
         dtype=dtype,
+        q_module=q_module,
+        k_module=k_module,
+        n_heads=n_heads,
+        head_dim=head_dim,
+        causal=causal,
     )
     typer.echo(format_summary(summarize(store)))
 

@@ -81,6 +81,11 @@ def plan_extraction(
     device: str = "auto",
     dtype: str = "auto",
     bucket: bool = True,
+    q_module: str | None = None,
+    k_module: str | None = None,
+    n_heads: int | None = None,
+    head_dim: int | None = None,
+    causal: bool = False,
 ) -> ExtractionPlan:
     """Validate every input, cheapest first; raise a :class:`QKScaleError` on the first bad one."""
     for name, value in (
@@ -88,13 +93,15 @@ def plan_extraction(
         ("batch-size", batch_size),
         ("limit-docs", limit_docs),
         ("docs-per-shard", docs_per_shard),
+        ("n-heads", n_heads),
+        ("head-dim", head_dim),
     ):
         _positive(name, value)
     if max_length < 2:
         raise OptionError("--max-length must be at least 2")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    info, family = inspect_model(model)
+    info, family = inspect_model(model, q_module, k_module, n_heads, head_dim, causal)
     if info.max_positions and max_length > info.max_positions:
         raise OptionError(f"--max-length {max_length} exceeds the model's {info.max_positions} positions")
     chosen = parse_selection(layers, info.n_layers, "layers")

@@ -29,8 +29,11 @@ def _eager_attentions(source: str) -> tuple[list[torch.Tensor], list[int]]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_attention_from_store_equals_model_attention(family, sentence_stores, model_sources):
-    store = sentence_stores[family]
-    attentions, lengths = _eager_attentions(model_sources[family])
+    _assert_store_matches_model(sentence_stores[family], model_sources[family], family)
+
+
+def _assert_store_matches_model(store, source: str, family: str) -> None:
+    attentions, lengths = _eager_attentions(source)
     assert len(attentions) == store.n_layers == len(store.layers)
     assert max(lengths) == MAX_LENGTH and min(lengths) < MAX_LENGTH / 2  # truncation and padding both occur
     worst = uniform_gap = 0.0
@@ -84,3 +87,80 @@ def test_sliding_windows_are_recorded_and_applied(sentence_stores):
     attention = sentence_stores["mistral"].attention(3, 2, 1)  # a long sentence: the window cuts it
     assert attention.shape[0] > 8
     assert np.all(np.tril(attention, k=-8) == 0) and np.all(np.triu(attention, k=1) == 0)
+
+
+@pytest.fixture(scope="module")
+def electra(tmp_path_factory) -> str:
+    """ELECTRA: an architecture no adapter knows (BERT-like attention under another model type)."""
+    from conftest import INITIALIZER_RANGE, _save
+    from transformers import AutoConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source("minilm"))
+    config = AutoConfig.for_model(
+        "electra",
+        vocab_size=tokenizer.vocab_size,
+        embedding_size=32,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=96,
+        initializer_range=INITIALIZER_RANGE,
+    )
+    folder = tmp_path_factory.mktemp("electra")
+    _save(AutoModel.from_config(config), tokenizer, folder)
+    return str(folder)
+
+
+GENERIC = [
+    "--q-module",
+    "encoder.layer.{layer}.attention.self.query",
+    "--k-module",
+    "encoder.layer.{layer}.attention.self.key",
+]
+
+
+def test_generic_adapter_is_exact(electra, sentences_file, tmp_path, run_cli):
+    code, _, err = run_cli(
+        "extract",
+        "--model",
+        electra,
+        "--corpus",
+        sentences_file,
+        "--out",
+        tmp_path / "s",
+        "--max-length",
+        MAX_LENGTH,
+        "--batch-size",
+        4,
+        *GENERIC,
+    )
+    assert code == 0, err
+    from qkscale import open_store
+
+    store = open_store(tmp_path / "s")
+    assert store.manifest["model"]["family"] == "generic"
+    assert store.manifest["model"]["q_module"] == GENERIC[1]
+    _assert_store_matches_model(store, electra, "generic")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            [],
+            "unsupported architecture 'electra'; supported: bert, distilbert, gpt2, llama, mistral, qwen2, "
+            "roberta; or name its projections with --q-module/--k-module",
+        ),
+        (GENERIC[:2], "the generic adapter needs both --q-module and --k-module"),
+        (["--q-module", "encoder.layer.0.attention.self.query", *GENERIC[2:]], "--q-module 'encoder.layer.0."),
+        (
+            ["--q-module", "encoder.layer.{layer}.attention.self.quer", *GENERIC[2:]],
+            "--q-module: the model has no module 'encoder.layer.0.attention.self.quer'",
+        ),
+        ([*GENERIC, "--head-dim", "8"], "gives 48 features, not heads x head size = 3 x 8"),
+    ],
+)
+def test_generic_adapter_errors(args, message, electra, sentences_file, tmp_path, run_cli):
+    code, _, err = run_cli("extract", "--model", electra, "--corpus", sentences_file, "--out", tmp_path / "s", *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s").exists()

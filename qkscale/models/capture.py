@@ -83,8 +83,8 @@ class QKCapture:
             elif family.fused_qkv:
                 self._hook(attention.get_submodule(family.fused_qkv), layer, "qk")
             else:
-                self._hook(attention.get_submodule(family.query), layer, "q")
-                self._hook(attention.get_submodule(family.key), layer, "k")
+                self._hook(attention.get_submodule(family.query.format(layer=layer)), layer, "q")
+                self._hook(attention.get_submodule(family.key.format(layer=layer)), layer, "k")
 
     def _hook(self, module: nn.Module, layer: int, kinds: str) -> None:
         """Record ``module``'s output as the given kinds: "q", "k", or "qk" for a fused [q|k|v]."""

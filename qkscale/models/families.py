@@ -51,6 +51,22 @@ FAMILIES: tuple[Family, ...] = (
 FAMILY_BY_MODEL_TYPE: dict[str, Family] = {t: f for f in FAMILIES for t in f.model_types}
 
 
+def generic_family(q_module: str, k_module: str, causal: bool = False) -> Family:
+    """A family for an architecture no adapter knows, from the full paths of its q and k projections.
+
+    The paths are relative to the base model and hold ``{layer}``, for example
+    ``encoder.layer.{layer}.attention.self.query``.
+    """
+    from qkscale.errors import OptionError
+
+    for flag, pattern in (("--q-module", q_module), ("--k-module", k_module)):
+        if "{layer}" not in pattern:
+            raise OptionError(
+                f"{flag} '{pattern}' must contain {{layer}}, e.g. encoder.layer.{{layer}}.attention.self.query"
+            )
+    return Family("generic", (), attention="", query=q_module, key=k_module, causal=causal)
+
+
 def supported_model_types() -> list[str]:
     """The Hugging Face ``model_type`` values that an adapter knows."""
     return sorted(FAMILY_BY_MODEL_TYPE)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from qkscale.errors import ModelError, OptionError
-from qkscale.models.families import FAMILY_BY_MODEL_TYPE, Family, supported_model_types
+from qkscale.models.families import FAMILY_BY_MODEL_TYPE, Family, generic_family, supported_model_types
 
 DEFAULT_MODEL = "minilm"
 _DTYPES = ("float32", "float16", "bfloat16")
@@ -27,6 +27,8 @@ class ModelInfo:
     head_dim: int
     causal: bool
     max_positions: int | None
+    q_module: str | None = None  # the generic adapter's projection paths
+    k_module: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -48,8 +50,22 @@ def resolve_source(source: str) -> Path:
     return path.resolve()
 
 
-def inspect_model(source: str) -> tuple[ModelInfo, Family]:
-    """Read the config of ``source`` (cheap: no weights) and find its adapter family."""
+_GENERIC_HINT = "or name its projections with --q-module/--k-module (e.g. encoder.layer.{layer}.attention.self.query)"
+
+
+def inspect_model(
+    source: str,
+    q_module: str | None = None,
+    k_module: str | None = None,
+    n_heads: int | None = None,
+    head_dim: int | None = None,
+    causal: bool = False,
+) -> tuple[ModelInfo, Family]:
+    """Read the config of ``source`` (cheap: no weights) and find its adapter family.
+
+    ``q_module``/``k_module`` select the generic adapter, for an architecture no family knows;
+    ``n_heads``/``head_dim`` override the config's and ``causal`` gives its mask.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig
 
@@ -58,24 +74,65 @@ def inspect_model(source: str) -> tuple[ModelInfo, Family]:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot read the model config in {source}: {str(exc).splitlines()[0]}") from None
-    family = FAMILY_BY_MODEL_TYPE.get(config.model_type)
+    if q_module or k_module:
+        if not (q_module and k_module):
+            raise OptionError("the generic adapter needs both --q-module and --k-module")
+        family = generic_family(q_module, k_module, causal)
+    else:
+        family = FAMILY_BY_MODEL_TYPE.get(config.model_type)
     if family is None:
         raise ModelError(
-            f"unsupported architecture '{config.model_type}'; supported: {', '.join(supported_model_types())}"
+            f"unsupported architecture '{config.model_type}'; supported: {', '.join(supported_model_types())}; "
+            + _GENERIC_HINT
         )
-    n_heads = config.num_attention_heads
+    n_heads = n_heads or _config_value(config, "num_attention_heads", "n_head", "num_heads")
+    n_layers = _config_value(config, "num_hidden_layers", "n_layer", "num_layers")
+    if not n_heads or not n_layers:
+        raise ModelError(f"the config of {source} gives no head or layer count; give --n-heads")
+    hidden = _config_value(config, "hidden_size", "n_embd", "d_model")
     info = ModelInfo(
         source=str(path) if source != DEFAULT_MODEL else DEFAULT_MODEL,
         model_type=config.model_type,
         family=family.name,
-        n_layers=config.num_hidden_layers,
+        n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
-        head_dim=getattr(config, "head_dim", None) or config.hidden_size // n_heads,
+        head_dim=head_dim or getattr(config, "head_dim", None) or hidden // n_heads,
         causal=family.causal,
         max_positions=_max_positions(config, family),
+        q_module=q_module,
+        k_module=k_module,
     )
+    if q_module:
+        _check_generic_modules(config, info)
     return info, family
+
+
+def _config_value(config, *names: str) -> int | None:
+    return next((getattr(config, n) for n in names if getattr(config, n, None)), None)
+
+
+def _check_generic_modules(config, info: ModelInfo) -> None:
+    """Every layer has the named q/k modules, each giving n_heads x head_dim features (on a weightless model)."""
+    import torch
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    width = info.n_heads * info.head_dim
+    for flag, pattern in (("--q-module", info.q_module), ("--k-module", info.k_module)):
+        for layer in range(info.n_layers):
+            name = pattern.format(layer=layer)
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise ModelError(f"{flag}: the model has no module '{name}'") from None
+            features = getattr(module, "out_features", width)
+            if features != width:
+                raise ModelError(
+                    f"{flag}: '{name}' gives {features} features, not heads x head size = "
+                    f"{info.n_heads} x {info.head_dim}; give --n-heads/--head-dim"
+                )
 
 
 def _max_positions(config, family: Family) -> int | None:
