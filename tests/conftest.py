@@ -101,13 +101,15 @@ def _save_tiny_decoder(folder: Path, model_type: str) -> Path:
 
 
 def _save_tiny_encoder(folder: Path, model_type: str) -> Path:
-    """A randomly initialised RoBERTa or DistilBERT using MiniLM's tokenizer."""
+    """A randomly initialised RoBERTa, DistilBERT or ELECTRA using MiniLM's tokenizer."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from qkscale.models.loader import resolve_source
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_source("minilm"))
-    feed_forward = {"roberta": "intermediate_size", "distilbert": "hidden_dim"}[model_type]
+    feed_forward = {"roberta": "intermediate_size", "distilbert": "hidden_dim", "electra": "intermediate_size"}[
+        model_type
+    ]
     config = AutoConfig.for_model(
         model_type,
         vocab_size=tokenizer.vocab_size,

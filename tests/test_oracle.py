@@ -92,22 +92,9 @@ def test_sliding_windows_are_recorded_and_applied(sentence_stores):
 @pytest.fixture(scope="module")
 def electra(tmp_path_factory) -> str:
     """ELECTRA: an architecture no adapter knows (BERT-like attention under another model type)."""
-    from conftest import INITIALIZER_RANGE, _save
-    from transformers import AutoConfig
+    from conftest import _save_tiny_encoder
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_source("minilm"))
-    config = AutoConfig.for_model(
-        "electra",
-        vocab_size=tokenizer.vocab_size,
-        embedding_size=32,
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=3,
-        intermediate_size=96,
-        initializer_range=INITIALIZER_RANGE,
-    )
-    folder = tmp_path_factory.mktemp("electra")
-    _save(AutoModel.from_config(config), tokenizer, folder)
+    folder = _save_tiny_encoder(tmp_path_factory.mktemp("electra"), "electra")
     return str(folder)
 
 
