@@ -120,6 +120,7 @@ def _save_tiny_encoder(folder: Path, model_type: str) -> Path:
         max_position_embeddings=130,  # RoBERTa's positions start after the padding index
         initializer_range=INITIALIZER_RANGE,
         **{feed_forward: 96},
+        **({"embedding_size": 32} if model_type == "electra" else {}),  # ELECTRA projects its embeddings
     )
     _save(AutoModel.from_config(config), tokenizer, folder)
     return folder
