@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 from typing import ClassVar
@@ -16,6 +15,7 @@ from qkscale.errors import OptionError
 METHODS = ("umap", "tsne", "pca")
 DIMS = (2, 3)
 N_NEIGHBORS = 15  # UMAP's neighbourhood, as in AttentionViz
+MIN_DIST = 0.1  # UMAP's
 PERPLEXITY = 30.0  # t-SNE's
 # Fewest points each method can fit: UMAP needs a few neighbourhoods, t-SNE more than 3x its perplexity.
 MIN_POINTS = {"umap": 4 * N_NEIGHBORS, "tsne": int(3 * PERPLEXITY) + 1, "pca": 8}
@@ -69,9 +69,15 @@ class Backend(ABC):
 
     def embed(self, x: np.ndarray, method: str, dims: int, seed: int) -> np.ndarray:
         """``[n, dims]`` float32 embedding of the rows of ``x`` (float32, Euclidean geometry)."""
-        fit = self._fitters()[method]
+        fit = {"umap": self._umap, "tsne": self._tsne, "pca": self._pca}[method]
         return np.ascontiguousarray(fit(x, dims, seed), dtype=np.float32)
 
+    # Each fits one method on ``x`` and returns the embedding as an array.
     @abstractmethod
-    def _fitters(self) -> dict[str, Callable[[np.ndarray, int, int], np.ndarray]]:
-        """Method name -> function(x, dims, seed) returning the embedding as an array."""
+    def _umap(self, x: np.ndarray, dims: int, seed: int) -> np.ndarray: ...
+
+    @abstractmethod
+    def _tsne(self, x: np.ndarray, dims: int, seed: int) -> np.ndarray: ...
+
+    @abstractmethod
+    def _pca(self, x: np.ndarray, dims: int, seed: int) -> np.ndarray: ...

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import numpy as np
 
-from qkscale.project.base import N_NEIGHBORS, PERPLEXITY, Backend
+from qkscale.project.base import MIN_DIST, N_NEIGHBORS, PERPLEXITY, Backend
 
 
 class CPUBackend(Backend):
@@ -24,13 +23,10 @@ class CPUBackend(Backend):
         label = super().describe(method, dims)
         return f"{label} (Barnes-Hut: its FFT method is 2D only)" if method == "tsne" and dims > 2 else label
 
-    def _fitters(self) -> dict[str, Callable[[np.ndarray, int, int], np.ndarray]]:
-        return {"umap": self._umap, "tsne": self._tsne, "pca": self._pca}
-
     def _umap(self, x: np.ndarray, dims: int, seed: int) -> np.ndarray:
         umap = self.library("umap")
         # n_jobs=1: umap-learn is only reproducible single-threaded.
-        model = umap.UMAP(n_neighbors=N_NEIGHBORS, n_components=dims, min_dist=0.1, random_state=seed, n_jobs=1)
+        model = umap.UMAP(n_neighbors=N_NEIGHBORS, n_components=dims, min_dist=MIN_DIST, random_state=seed, n_jobs=1)
         return model.fit_transform(x)
 
     def _tsne(self, x: np.ndarray, dims: int, seed: int) -> np.ndarray:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
-from qkscale.project.base import N_NEIGHBORS, PERPLEXITY, Backend
+from qkscale.project.base import MIN_DIST, N_NEIGHBORS, PERPLEXITY, Backend
 
 
 class CumlBackend(Backend):
@@ -18,12 +16,9 @@ class CumlBackend(Backend):
     def device(self) -> str:
         return "cuda"
 
-    def _fitters(self) -> dict[str, Callable[[np.ndarray, int, int], np.ndarray]]:
-        return {"umap": self._umap, "tsne": self._tsne, "pca": self._pca}
-
     def _umap(self, x: np.ndarray, dims: int, seed: int) -> np.ndarray:
         cuml = self.library("umap")
-        model = cuml.UMAP(n_neighbors=N_NEIGHBORS, n_components=dims, min_dist=0.1, random_state=seed)
+        model = cuml.UMAP(n_neighbors=N_NEIGHBORS, n_components=dims, min_dist=MIN_DIST, random_state=seed)
         return _host(model.fit_transform(x))
 
     def _tsne(self, x: np.ndarray, dims: int, seed: int) -> np.ndarray:

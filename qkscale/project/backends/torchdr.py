@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
 
 import numpy as np
 
-from qkscale.project.base import N_NEIGHBORS, PERPLEXITY, Backend
+from qkscale.project.base import MIN_DIST, N_NEIGHBORS, PERPLEXITY, Backend
 
 
 class TorchdrBackend(Backend):
@@ -30,12 +29,11 @@ class TorchdrBackend(Backend):
         knn = "faiss" if importlib.util.find_spec("faiss") else None
         return {"n_components": dims, "device": self.device, "random_state": seed, "backend": knn, "verbose": False}
 
-    def _fitters(self) -> dict[str, Callable[[np.ndarray, int, int], np.ndarray]]:
-        return {"umap": self._umap, "tsne": self._tsne, "pca": self._pca}
-
     def _umap(self, x: np.ndarray, dims: int, seed: int) -> np.ndarray:
         torchdr = self.library("umap")
-        return _numpy(torchdr.UMAP(n_neighbors=N_NEIGHBORS, min_dist=0.1, **self._options(dims, seed)).fit_transform(x))
+        return _numpy(
+            torchdr.UMAP(n_neighbors=N_NEIGHBORS, min_dist=MIN_DIST, **self._options(dims, seed)).fit_transform(x)
+        )
 
     def _tsne(self, x: np.ndarray, dims: int, seed: int) -> np.ndarray:
         torchdr = self.library("tsne")
