@@ -2,9 +2,10 @@
 
 Everything runs in one process, passes interleaved, so that the ratios hold on a noisy machine:
 
-1. ``extract_shard`` over every shard (tokenize, hooked forward, gather, write) against the same
-   tokenization (``truncation=True``), the same right-padding and a hook-free ``model(...)`` forward
-   over exactly the same batches (``qkscale.extraction._batches``), tokenization timed in both;
+1. ``extract_shard`` over every shard (tokenize or preprocess images, hooked forward, gather,
+   write) against a hook-free ``model(...)`` forward over exactly the same batches (the model's
+   ``inputs.batches``: the same truncation, bucketing and padding, or the same image processor),
+   preprocessing timed in both; the bare pass builds no token rows, document records or thumbnails;
 2. both with length bucketing (``bucket=True``, the default) and in corpus order (``bucket=False``);
 3. MiB on disk per 1k tokens of the store that a whole :func:`qkscale.extract` call writes (that
    call is timed too: it adds model load, corpus pass and manifest to the shard work);
@@ -48,7 +49,7 @@ import transformers
 import qkscale
 from qkscale.corpus import shards
 from qkscale.corpus.builtin import builtin_sentences
-from qkscale.extraction import ExtractionPlan, LoadedModel, _batches, extract_shard, pad_batch, plan_extraction
+from qkscale.extraction import ExtractionPlan, LoadedModel, extract_shard, plan_extraction
 from qkscale.models import QKCapture, load_model
 from qkscale.store import Store, layout
 
@@ -69,7 +70,8 @@ LABELS = {
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=2000, help="documents of the builtin corpus")
+    parser.add_argument("--docs", type=int, default=2000, help="documents (or images) of the corpus")
+    parser.add_argument("--corpus", default="auto", help="builtin text, or builtin-images for a vision model")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--read-repeats", type=int, default=5, help="repeats of each head/raw read")
@@ -143,9 +145,9 @@ def extract_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_workload(args: argparse.Namespace, root: Path) -> Workload:
-    plan = plan_extraction(args.model, "builtin", root / "unused", **extract_options(args))
+    plan = plan_extraction(args.model, args.corpus, root / "unused", **extract_options(args))
     hooked = LoadedModel.load(plan)
-    bare, _ = load_model(plan.info.source, plan.device, plan.dtype)
+    bare, _ = load_model(plan.info.source, plan.device, plan.dtype, vision=plan.family.vision)
     return Workload(plan, hooked, bare, list(shards(plan.documents(), plan.docs_per_shard)), root)
 
 
@@ -168,26 +170,27 @@ def extraction_pass(work: Workload, bucket: bool) -> Result:
 
 
 def bare_pass(work: Workload, bucket: bool) -> Result:
-    """Tokenize, pad and run the hook-free model over the batches ``extract_shard`` would make."""
-    tokenizer, plan = work.hooked.tokenizer, work.plan
-    tokenize, forward = Stopwatch(), Stopwatch()
+    """Preprocess and run the hook-free model over the batches ``extract_shard`` would make."""
+    prepare, forward = Stopwatch(), Stopwatch()
     tokens = padded = 0
     start = time.perf_counter()
     for docs in work.shards:
-        with tokenize.measure():
-            ids = tokenizer([text for _, text in docs], truncation=True, max_length=plan.max_length)["input_ids"]
-        for batch in _batches([len(row) for row in ids], plan.batch_size, bucket):
-            input_ids, mask = pad_batch([ids[i] for i in batch], tokenizer.pad_token_id)
+        batches = work.hooked.inputs.batches(docs, work.plan.batch_size, bucket)
+        while True:
+            with prepare.measure():
+                batch = next(batches, None)
+            if batch is None:
+                break
             with forward.measure(), torch.inference_mode():
-                work.bare(input_ids=input_ids, attention_mask=mask)
-            tokens += int(mask.sum())
-            padded += mask.numel()
+                work.bare(**batch.inputs)
+            tokens += int(batch.real.sum())
+            padded += batch.real.numel()
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
         "tokens": tokens,
         "padded_tokens": padded,
-        "tokenize_s": tokenize.seconds,
+        "tokenize_s": prepare.seconds,
         "forward_s": forward.seconds,
     }
 
@@ -196,7 +199,7 @@ def api_pass(args: argparse.Namespace, out: Path) -> Result:
     """The whole ``qkscale.extract(...)`` call; its store stays in ``out`` for the size and read checks."""
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    store = qkscale.extract(args.model, "builtin", out, progress=False, **extract_options(args))
+    store = qkscale.extract(args.model, args.corpus, out, progress=False, **extract_options(args))
     return {"seconds": time.perf_counter() - start, "tokens": store.n_tokens}
 
 

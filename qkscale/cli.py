@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from qkscale.errors import QKScaleError
+from qkscale.errors import QKScaleError, QKScaleWarning
 from qkscale.project.run import DEFAULT_SAMPLE
 
 app = typer.Typer(
@@ -25,7 +26,13 @@ app = typer.Typer(
 def extract(
     out: Annotated[Path, typer.Option("--out", help="Store folder to create (or resume).")],
     model: Annotated[str, typer.Option(help="'minilm' (packaged default) or a local model directory.")] = "minilm",
-    corpus: Annotated[str, typer.Option(help="'builtin' or a .txt/.jsonl/.parquet file or folder.")] = "builtin",
+    corpus: Annotated[
+        str,
+        typer.Option(
+            help="'builtin' or a .txt/.jsonl/.parquet file or folder; for vision models 'builtin-images' "
+            "or a folder of PNG/JPEG images (default: builtin, or builtin-images for a vision model)."
+        ),
+    ] = "auto",
     max_length: Annotated[int, typer.Option(help="Tokens per document; longer ones are truncated.")] = 128,
     batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 64,
     limit_docs: Annotated[int | None, typer.Option(help="Only the first N documents.")] = None,
@@ -136,28 +143,42 @@ def metrics(
     typer.echo(format_metrics(compute_metrics(store, force=force), top=top))
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """qkscale's own warnings as one line on stderr; every other warning as Python shows it."""
+    if issubclass(category, QKScaleWarning):
+        print(f"qkscale: warning: {message}", file=sys.stderr)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line on stderr and exit code 2."""
-    try:
-        app(standalone_mode=False)
-    except QKScaleError as exc:
-        print(f"qkscale: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as exc:  # disk full, permissions: the environment, not a bug in qkscale
-        print(f"qkscale: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("qkscale: interrupted; rerun the same command to resume", file=sys.stderr)
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:
-        if not hasattr(exc, "format_message"):  # not a usage error: a bug, keep the traceback
-            raise
-        print(f"qkscale: error: {exc.format_message()} (see qkscale --help)", file=sys.stderr)
-        sys.exit(2)
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards (in-process callers)
+        warnings.simplefilter("always", QKScaleWarning)
+        warnings.showwarning = _print_warning
+        try:
+            app(standalone_mode=False)
+        except QKScaleError as exc:
+            print(f"qkscale: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except OSError as exc:  # disk full, permissions: the environment, not a bug in qkscale
+            print(f"qkscale: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            print("qkscale: interrupted; rerun the same command to resume", file=sys.stderr)
+            sys.exit(130)
+        except typer.Exit as exc:
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            sys.exit(1)
+        except Exception as exc:
+            if not hasattr(exc, "format_message"):  # not a usage error: a bug, keep the traceback
+                raise
+            print(f"qkscale: error: {exc.format_message()} (see qkscale --help)", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

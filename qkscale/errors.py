@@ -19,3 +19,7 @@ class StoreError(QKScaleError):
 
 class OptionError(QKScaleError):
     """An option has a value that cannot be used."""
+
+
+class QKScaleWarning(UserWarning):
+    """Something the user should know that does not stop the work (skipped files, ...)."""

@@ -10,27 +10,26 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from qkscale import __version__
-from qkscale.corpus import Corpus, open_corpus, shards
-from qkscale.errors import OptionError, StoreError
+from qkscale.corpus import BUILTIN, BUILTIN_IMAGES, Corpus, ImageCorpus, open_corpus, open_image_corpus, shards
+from qkscale.errors import CorpusError, OptionError, QKScaleWarning, StoreError
 from qkscale.models import DEFAULT_MODEL, Family, ModelInfo, QKCapture, inspect_model, load_model, score_scales
-from qkscale.models.loader import attention_windows, resolve_device, resolve_dtype
+from qkscale.models.image_inputs import ImageInputs
+from qkscale.models.inputs import ModelInputs
+from qkscale.models.loader import attention_windows, resolve_device, resolve_dtype, resolve_source
+from qkscale.models.text_inputs import TextInputs
 from qkscale.selection import parse_selection
 from qkscale.store import ShardWriter, Store, layout, read_manifest
 from qkscale.store.files import remove_temps, write_json_atomic
-
-# A document is cut to max_length * this many characters before tokenization: far more than any
-# tokenizer packs into max_length tokens of text, so only documents truncated anyway are cut.
-CHARS_PER_TOKEN_BOUND = 32
 
 # Fields of the manifest that must match for an existing store to be resumed.
 _IDENTITY = ("model", "layers", "corpus", "options")
@@ -43,7 +42,7 @@ class ExtractionPlan:
     info: ModelInfo
     family: Family
     layers: list[int]
-    corpus: Corpus
+    corpus: Corpus | ImageCorpus
     n_docs: int
     out: Path
     max_length: int
@@ -59,7 +58,11 @@ class ExtractionPlan:
     def n_shards(self) -> int:
         return math.ceil(self.n_docs / self.docs_per_shard)
 
-    def documents(self) -> Iterator[str]:
+    @property
+    def modality(self) -> str:
+        return self.corpus.modality
+
+    def documents(self) -> Iterator[Any]:
         return islice(self.corpus.documents(), self.limit_docs)
 
 
@@ -70,7 +73,7 @@ def _positive(name: str, value: int | None) -> None:
 
 def plan_extraction(
     model: str = DEFAULT_MODEL,
-    corpus: str | Path = "builtin",
+    corpus: str | Path = "auto",
     out: str | Path = "store",
     *,
     max_length: int = 128,
@@ -107,7 +110,7 @@ def plan_extraction(
     chosen = parse_selection(layers, info.n_layers, "layers")
     out = Path(out).expanduser()
     _check_out_is_usable(out)
-    source = open_corpus(corpus)
+    source = _open_corpus_for(family, corpus, info.model_type)
     n_docs = source.count(limit_docs)
     identity = {
         "model": info.as_dict(),
@@ -140,6 +143,22 @@ def plan_extraction(
         bucket=bucket,
         identity=identity,
     )
+
+
+def _open_corpus_for(family: Family, corpus: str | Path, model_type: str) -> Corpus | ImageCorpus:
+    """Images for a vision model, text for the others (``auto``: the builtin one); a mismatch is an error."""
+    if str(corpus) == "auto":
+        corpus = BUILTIN_IMAGES if family.vision else BUILTIN
+    if family.vision:
+        if str(corpus) == BUILTIN:
+            raise CorpusError(f"'{model_type}' is a vision model: give --corpus {BUILTIN_IMAGES} or a folder of images")
+        images = open_image_corpus(corpus)
+        if images.skipped:
+            warnings.warn(images.skipped_message(), QKScaleWarning, stacklevel=3)
+        return images
+    if str(corpus) == BUILTIN_IMAGES:
+        raise CorpusError(f"'{model_type}' reads text: {BUILTIN_IMAGES} needs a vision model (ViT, DeiT, DINOv2)")
+    return open_corpus(corpus)
 
 
 def _check_out_is_usable(out: Path) -> None:
@@ -177,112 +196,57 @@ class LoadedModel:
     """A model ready to extract from: loaded once, reused for every shard (and, later, every task)."""
 
     model: Any
-    tokenizer: Any
+    inputs: ModelInputs
     capture: QKCapture
     device: str
 
     @classmethod
     def load(cls, plan: ExtractionPlan) -> LoadedModel:
-        model, tokenizer = load_model(plan.info.source, plan.device, plan.dtype)
+        model, preprocessor = load_model(plan.info.source, plan.device, plan.dtype, vision=plan.family.vision)
         info = plan.info
+        if plan.family.vision:
+            from_model_dir = (resolve_source(info.source) / "preprocessor_config.json").is_file()
+            inputs = ImageInputs(preprocessor, model.config, getattr(torch, plan.dtype), from_model_dir)
+        else:
+            inputs = TextInputs(preprocessor, plan.max_length)
         capture = QKCapture(model, plan.family, plan.layers, info.n_heads, info.head_dim, info.n_kv_heads)
-        return cls(model, tokenizer, capture, plan.device)
-
-
-def _batches(lengths: list[int], batch_size: int, bucket: bool) -> Iterator[list[int]]:
-    """Indices of each batch: documents of similar length together when ``bucket``."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if bucket else list(range(len(lengths)))
-    for start in range(0, len(order), batch_size):
-        yield sorted(order[start : start + batch_size])
-
-
-def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask`` (``[batch, longest]`` long tensors)."""
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        input_ids[index, : len(row)] = torch.tensor(row)
-        mask[index, : len(row)] = 1
-    return input_ids, mask
+        return cls(model, inputs, capture, plan.device)
 
 
 def extract_shard(
     loaded: LoadedModel,
     plan: ExtractionPlan,
     shard: int,
-    docs: list[tuple[int, str]],
+    docs: list[tuple[int, Any]],
     *,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, int]:
-    """Extract shard ``shard`` (its ``(doc_id, text)`` pairs) into the plan's store; commit it atomically.
+    """Extract shard ``shard`` (its ``(doc_id, document)`` pairs) into the plan's store; commit it atomically.
 
     ``on_batch(n_docs, n_tokens)`` is called after each batch. Returns the shard's info.
     """
-    tokenizer, max_length = loaded.tokenizer, plan.max_length
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out either way
-    # Cut very long documents before tokenizing, so that work and memory follow --max-length.
-    max_chars = max_length * CHARS_PER_TOKEN_BOUND
-    texts = [text[:max_chars] for _, text in docs]
-    encoded = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True)
-    full_lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    n_special = tokenizer.num_special_tokens_to_add()
-    ids_per_doc: list[list[int]] = encoded["input_ids"]
-    writer = ShardWriter(plan.out, shard, plan.layers, plan.info.n_heads, plan.info.head_dim, plan.info.n_kv_heads)
+    info = plan.info
+    writer = ShardWriter(
+        plan.out, shard, plan.layers, info.n_heads, info.head_dim, info.n_kv_heads, loaded.inputs.token_schema
+    )
     try:
-        writer.add_documents(
-            [
-                {
-                    "doc": doc,
-                    "text": text,
-                    "n_tokens": len(ids),
-                    "truncated": full + n_special > max_length or len(text) < len(original),
-                }
-                for (doc, original), text, ids, full in zip(docs, texts, ids_per_doc, full_lengths, strict=True)
-            ]
-        )
-        for batch in _batches([len(ids) for ids in ids_per_doc], plan.batch_size, plan.bucket):
-            input_ids, mask = pad_batch([ids_per_doc[i] for i in batch], pad_id)
-            input_ids, mask = input_ids.to(loaded.device), mask.to(loaded.device)
-            loaded.capture.run(loaded.model, input_ids=input_ids, attention_mask=mask)
-            queries, keys = loaded.capture.gathered(mask.bool())
-            writer.write_batch(
-                _token_rows(
-                    tokenizer,
-                    [docs[i][0] for i in batch],
-                    [ids_per_doc[i] for i in batch],
-                    [encoded["special_tokens_mask"][i] for i in batch],
-                ),
-                queries,
-                keys,
-            )
+        for batch in loaded.inputs.batches(docs, plan.batch_size, plan.bucket):
+            batch = batch.to(loaded.device)
+            loaded.capture.run(loaded.model, **batch.inputs)
+            queries, keys = loaded.capture.gathered(batch.real)
+            writer.add_documents(batch.documents())
+            writer.write_batch(batch.token_rows(), queries, keys)
             if on_batch is not None:
-                on_batch(len(batch), int(mask.sum()))
+                on_batch(batch.n_docs, int(batch.real.sum()))
         return writer.commit()
     except BaseException:
         writer.abort()
         raise
 
 
-def _token_rows(tokenizer, doc_ids: list[int], ids: list[list[int]], special: list[list[int]]) -> dict[str, Any]:
-    lengths = np.array([len(row) for row in ids])
-    flat_ids = [token for row in ids for token in row]
-    positions = np.concatenate([np.arange(n) for n in lengths])
-    doc_length = np.repeat(lengths, lengths)
-    return {
-        "doc": np.repeat(np.asarray(doc_ids, dtype=np.int64), lengths),
-        "position": positions.astype(np.int32),
-        "token": tokenizer.convert_ids_to_tokens(flat_ids),
-        "token_id": np.asarray(flat_ids, dtype=np.int32),
-        "is_special": np.asarray([flag for row in special for flag in row], dtype=bool),
-        "doc_length": doc_length.astype(np.int32),
-        "rel_position": (positions / np.maximum(doc_length - 1, 1)).astype(np.float32),
-    }
-
-
 def extract(
     model: str = DEFAULT_MODEL,
-    corpus: str | Path = "builtin",
+    corpus: str | Path = "auto",
     out: str | Path = "store",
     *,
     progress: bool = True,
@@ -307,6 +271,8 @@ def extract(
         **plan.identity,
         "score_scale": score_scales(loaded.model, plan.family, plan.info.n_layers, plan.info.head_dim),
         "attention_window": attention_windows(loaded.model, plan.family, plan.info.n_layers),
+        "modality": plan.modality,
+        "preprocessing": loaded.inputs.describe(),
         "n_docs": plan.n_docs,
         "n_shards": plan.n_shards,
         "complete": False,

@@ -23,6 +23,8 @@ def summarize(store: Store) -> dict[str, Any]:
         "n_heads": store.n_heads,
         "head_dim": store.head_dim,
         "corpus": manifest["corpus"]["spec"],
+        "modality": store.modality,
+        "preprocessing": store.preprocessing,
         "max_length": manifest["options"]["max_length"],
         "documents": sum(i["n_docs"] for i in infos),
         "documents_planned": manifest["n_docs"],
@@ -52,16 +54,21 @@ def format_summary(s: dict[str, Any]) -> str:
         if s["complete"]
         else (f"INCOMPLETE ({s['shards_done']}/{s['shards']} shards): rerun the same `qkscale extract` to resume")
     )
+    if s["modality"] == "image":
+        grid = s["preprocessing"].get("grid", ["?", "?"])
+        prefix = " + ".join(s["preprocessing"].get("prefix_tokens", []))
+        documents = f"{s['documents']:,} images of {s['documents_planned']:,} ({prefix} + {grid[0]}x{grid[1]} patches)"
+    else:
+        documents = (
+            f"{s['documents']:,} of {s['documents_planned']:,} "
+            f"({s['truncated_documents']:,} truncated at {s['max_length']} tokens)"
+        )
     rows = [
         ("store", s["store"]),
         ("model", f"{s['model']} ({s['model_type']})"),
         ("heads", f"{s['n_layers']} layers x {s['n_heads']} heads x {s['head_dim']} dims; stored layers {s['layers']}"),
         ("corpus", s["corpus"]),
-        (
-            "documents",
-            f"{s['documents']:,} of {s['documents_planned']:,} "
-            f"({s['truncated_documents']:,} truncated at {s['max_length']} tokens)",
-        ),
+        ("documents", documents),
         ("tokens", f"{s['tokens']:,}"),
         ("shards", f"{s['shards_done']}/{s['shards']}"),
         ("on disk", f"{s['bytes'] / 2**20:,.1f} MiB"),

@@ -135,8 +135,8 @@ def test_generic_adapter_is_exact(electra, sentences_file, tmp_path, run_cli):
     [
         (
             [],
-            "unsupported architecture 'electra'; supported: bert, distilbert, gpt2, llama, mistral, qwen2, "
-            "roberta; or name its projections with --q-module/--k-module",
+            "unsupported architecture 'electra'; supported: bert, deit, dinov2, dinov2_with_registers, distilbert, "
+            "gpt2, llama, mistral, qwen2, roberta, vit; or name its projections with --q-module/--k-module",
         ),
         (GENERIC[:2], "the generic adapter needs both --q-module and --k-module"),
         (["--q-module", "encoder.layer.0.attention.self.query", *GENERIC[2:]], "--q-module 'encoder.layer.0."),

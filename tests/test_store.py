@@ -11,8 +11,8 @@ from transformers import AutoTokenizer
 
 import qkscale
 from qkscale.errors import StoreError
-from qkscale.extraction import CHARS_PER_TOKEN_BOUND
 from qkscale.models.loader import resolve_source
+from qkscale.models.text_inputs import CHARS_PER_TOKEN_BOUND
 from qkscale.store import layout
 
 

@@ -1,5 +1,15 @@
-"""Corpus readers: builtin prose, text/JSONL/Parquet files and folders, cut into shards."""
+"""Corpus readers: builtin prose, text/JSONL/Parquet files and folders, image folders; cut into shards."""
 
+from qkscale.corpus.images import BUILTIN_IMAGES, ImageCorpus, open_image_corpus
 from qkscale.corpus.readers import BUILTIN, READERS, Corpus, open_corpus, shards
 
-__all__ = ["BUILTIN", "READERS", "Corpus", "open_corpus", "shards"]
+__all__ = [
+    "BUILTIN",
+    "BUILTIN_IMAGES",
+    "READERS",
+    "Corpus",
+    "ImageCorpus",
+    "open_corpus",
+    "open_image_corpus",
+    "shards",
+]

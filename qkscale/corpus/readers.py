@@ -78,6 +78,7 @@ class Corpus:
 
     spec: str
     files: list[Path] = field(default_factory=list)
+    modality = "text"
 
     @property
     def is_builtin(self) -> bool:

@@ -126,6 +126,11 @@ class QKCapture:
 
     def _gather(self, captured: dict[int, torch.Tensor], real: torch.Tensor, n_heads: int) -> np.ndarray:
         n_real = int(real.sum())
+        shape = tuple(captured[self.layers[0]].shape[:2])
+        if shape != tuple(real.shape):
+            from qkscale.errors import ModelError
+
+            raise ModelError(f"the model attended over {shape[1]} tokens per input where {real.shape[1]} were expected")
         out = torch.empty((len(self.layers), n_heads, n_real, self.head_dim), dtype=torch.float16, device=real.device)
         for index, layer in enumerate(self.layers):
             out[index].copy_(captured[layer][real].transpose(0, 1))  # [tokens, heads, d] -> [heads, tokens, d]

@@ -16,6 +16,8 @@ class Family:
     function: after the rotary embedding, keys per key/value head (grouped-query attention).
     ``window_config`` names the config field of a sliding window that applies to every layer;
     a per-layer window is read from the attention module's own ``sliding_window``.
+    Several families may serve one model type (module paths that changed across transformers
+    releases): the first whose layer-0 attention module exists is used.
     """
 
     name: str
@@ -28,9 +30,11 @@ class Family:
     positions_after_padding: bool = False  # RoBERTa: position ids start at pad_token_id + 1
     after_rotary: bool = False
     window_config: str | None = None
+    vision: bool = False  # reads images (pixel_values), not text
 
 
 _BERT_ATTENTION = "encoder.layer.{layer}.attention.self"
+_DINOV2_TYPES = ("dinov2", "dinov2_with_registers")
 
 FAMILIES: tuple[Family, ...] = (
     Family("bert", ("bert",), _BERT_ATTENTION, "query", "key"),
@@ -38,6 +42,11 @@ FAMILIES: tuple[Family, ...] = (
     Family("distilbert", ("distilbert",), "transformer.layer.{layer}.attention", "q_lin", "k_lin"),
     Family("gpt2", ("gpt2",), "h.{layer}.attn", fused_qkv="c_attn", causal=True),
     Family("llama", ("llama", "qwen2"), "layers.{layer}.self_attn", causal=True, after_rotary=True),
+    # Vision transformers: transformers >= 5.x names (q_proj/k_proj), then the older ones.
+    Family("vit", ("vit", "deit"), "layers.{layer}.attention", "q_proj", "k_proj", vision=True),
+    Family("vit", ("vit", "deit"), "encoder.layer.{layer}.attention.attention", "query", "key", vision=True),
+    Family("dinov2", _DINOV2_TYPES, "encoder.layer.{layer}.attention", "q_proj", "k_proj", vision=True),
+    Family("dinov2", _DINOV2_TYPES, "encoder.layer.{layer}.attention.attention", "query", "key", vision=True),
     Family(
         "mistral",
         ("mistral",),
@@ -48,7 +57,9 @@ FAMILIES: tuple[Family, ...] = (
     ),
 )
 
-FAMILY_BY_MODEL_TYPE: dict[str, Family] = {t: f for f in FAMILIES for t in f.model_types}
+FAMILIES_BY_MODEL_TYPE: dict[str, tuple[Family, ...]] = {
+    t: tuple(f for f in FAMILIES if t in f.model_types) for f in FAMILIES for t in f.model_types
+}
 
 
 def generic_family(q_module: str, k_module: str, causal: bool = False) -> Family:
@@ -69,4 +80,4 @@ def generic_family(q_module: str, k_module: str, causal: bool = False) -> Family
 
 def supported_model_types() -> list[str]:
     """The Hugging Face ``model_type`` values that an adapter knows."""
-    return sorted(FAMILY_BY_MODEL_TYPE)
+    return sorted(FAMILIES_BY_MODEL_TYPE)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from qkscale.errors import ModelError, OptionError
-from qkscale.models.families import FAMILY_BY_MODEL_TYPE, Family, generic_family, supported_model_types
+from qkscale.models.families import FAMILIES_BY_MODEL_TYPE, Family, generic_family, supported_model_types
 
 DEFAULT_MODEL = "minilm"
 _DTYPES = ("float32", "float16", "bfloat16")
@@ -79,7 +79,7 @@ def inspect_model(
             raise OptionError("the generic adapter needs both --q-module and --k-module")
         family = generic_family(q_module, k_module, causal)
     else:
-        family = FAMILY_BY_MODEL_TYPE.get(config.model_type)
+        family = _present_family(config, FAMILIES_BY_MODEL_TYPE.get(config.model_type, ()))
     if family is None:
         raise ModelError(
             f"unsupported architecture '{config.model_type}'; supported: {', '.join(supported_model_types())}; "
@@ -112,13 +112,34 @@ def _config_value(config, *names: str) -> int | None:
     return next((getattr(config, n) for n in names if getattr(config, n, None)), None)
 
 
-def _check_generic_modules(config, info: ModelInfo) -> None:
-    """Every layer has the named q/k modules, each giving n_heads x head_dim features (on a weightless model)."""
+def _weightless_model(config):
+    """The model's module tree without weights (on the meta device): cheap to build and search."""
     import torch
     from transformers import AutoModel
 
     with torch.device("meta"):
-        model = AutoModel.from_config(config)
+        return AutoModel.from_config(config)
+
+
+def _present_family(config, candidates: tuple[Family, ...]) -> Family | None:
+    """The first candidate family whose layer-0 attention module this transformers release builds."""
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    model = _weightless_model(config)
+    for family in candidates:
+        try:
+            model.get_submodule(family.attention.format(layer=0))
+        except AttributeError:
+            continue
+        return family
+    raise ModelError(
+        f"this transformers release lays out '{config.model_type}' in a way no adapter knows; " + _GENERIC_HINT
+    )
+
+
+def _check_generic_modules(config, info: ModelInfo) -> None:
+    """Every layer has the named q/k modules, each giving n_heads x head_dim features (on a weightless model)."""
+    model = _weightless_model(config)
     width = info.n_heads * info.head_dim
     for flag, pattern in (("--q-module", info.q_module), ("--k-module", info.k_module)):
         for layer in range(info.n_layers):
@@ -175,8 +196,12 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
-def load_model(source: str, device: str = "cpu", dtype: str = "float32"):
-    """Load ``(model, tokenizer)`` from ``source`` in eval mode on ``device``."""
+def load_model(source: str, device: str = "cpu", dtype: str = "float32", vision: bool = False):
+    """Load ``(model, preprocessor)`` from ``source`` in eval mode on ``device``.
+
+    The preprocessor is the tokenizer, or for a vision model (``vision``) the image processor
+    saved beside it, else :func:`~qkscale.models.image_inputs.default_image_processor`.
+    """
     import torch
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -185,8 +210,12 @@ def load_model(source: str, device: str = "cpu", dtype: str = "float32"):
     hf_logging.disable_progress_bar()
     path = resolve_source(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype))
+        if vision:
+            from qkscale.models.image_inputs import load_image_processor
+
+            return model.to(device).eval(), load_image_processor(path, model.config)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the model in {source}: {str(exc).splitlines()[0]}") from None
     if tokenizer.pad_token is None and (tokenizer.eos_token or tokenizer.unk_token):

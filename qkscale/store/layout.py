@@ -5,7 +5,9 @@ STORE/
   manifest.json            model, layers, score scales, corpus, options, shard plan, complete
   shards/00000/            one folder per shard, committed by an atomic rename
     tokens.parquet         one row per token, in the row order of vectors.arrow
+                           (+ image, patch_row, patch_col for vision models)
     docs.parquet           one row per document: doc, text, n_tokens, truncated
+                           (+ width, height, thumbnail JPEG bytes for images)
     vectors.arrow          Arrow IPC file; one column per (kind, layer, head):
                            "q.{layer}.{head}" / "k.{layer}.{head}", fixed_size_list<float16>[head_dim]
     shard.json             n_docs, n_tokens, truncated_docs, first_doc
@@ -36,6 +38,12 @@ TOKEN_SCHEMA = pa.schema(
         ("doc_length", pa.int32()),
         ("rel_position", pa.float32()),
     ]
+)
+# Stores of vision models: each token is a prefix token (CLS, ...; patch_row = patch_col = -1) or a patch.
+IMAGE_TOKEN_SCHEMA = (
+    TOKEN_SCHEMA.append(pa.field("image", pa.string()))
+    .append(pa.field("patch_row", pa.int32()))
+    .append(pa.field("patch_col", pa.int32()))
 )
 
 

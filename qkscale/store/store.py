@@ -18,6 +18,8 @@ from qkscale.errors import StoreError
 from qkscale.selection import format_selection
 from qkscale.store import layout, metrics_files, projections
 
+_THUMBNAIL = "thumbnail"
+
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
     """The manifest of the store at ``path``, or None if ``path`` holds no qkscale store."""
@@ -108,7 +110,10 @@ class Store:
 
     # -- tables ------------------------------------------------------------------------------
     def _table(self, name: str) -> pd.DataFrame:
-        return pa.concat_tables([pq.read_table(f) for f in self._shard_files(name)]).to_pandas()
+        tables = [pq.read_table(f) for f in self._shard_files(name)]
+        if name == layout.DOCS:  # thumbnails are read one at a time, by :meth:`thumbnail`
+            tables = [t.drop_columns([c for c in (_THUMBNAIL,) if c in t.column_names]) for t in tables]
+        return pa.concat_tables(tables).to_pandas()
 
     @functools.cached_property
     def tokens(self) -> pd.DataFrame:
@@ -123,6 +128,28 @@ class Store:
     @property
     def n_tokens(self) -> int:
         return self._vector_table.num_rows
+
+    @property
+    def modality(self) -> str:
+        """``text``, or ``image`` for a vision model's store (tokens have image, patch_row, patch_col)."""
+        return self.manifest.get("modality", "text")
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """How documents became model inputs: tokenizer and max_length, or image size, patch grid, prefix tokens."""
+        return dict(self.manifest.get("preprocessing", {}))
+
+    def thumbnail(self, doc: int) -> bytes:
+        """JPEG bytes of image ``doc`` as the model saw it (the patch grid lies exactly over it)."""
+        if self.modality != "image":
+            raise StoreError(f"store {self.path} holds text, not images: it has no thumbnails")
+        shard = next((s for s in reversed(self._shards) if self.shard_info(s)["first_doc"] <= doc), None)
+        if shard is not None:
+            path = layout.shard_dir(self.path, shard) / layout.DOCS
+            table = pq.read_table(path, columns=["doc", _THUMBNAIL], filters=[("doc", "=", doc)])
+            if table.num_rows:
+                return table.column(_THUMBNAIL)[0].as_py()
+        raise StoreError(f"document {doc} is not in store {self.path}")
 
     @functools.cached_property
     def _doc_start(self) -> pd.Series:

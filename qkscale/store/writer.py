@@ -20,7 +20,14 @@ class ShardWriter:
     """Collects the batches of one shard in a temp folder; :meth:`commit` renames it into place."""
 
     def __init__(
-        self, root: Path, shard: int, layers: Sequence[int], n_heads: int, head_dim: int, n_kv_heads: int | None = None
+        self,
+        root: Path,
+        shard: int,
+        layers: Sequence[int],
+        n_heads: int,
+        head_dim: int,
+        n_kv_heads: int | None = None,
+        token_schema: pa.Schema = layout.TOKEN_SCHEMA,
     ):
         self.final = layout.shard_dir(root, shard)
         self.temp = temp_sibling(self.final)
@@ -37,6 +44,7 @@ class ShardWriter:
         self._sink = pa.OSFile(str(self.temp / layout.VECTORS), "wb")
         self._schema = pa.schema(fields)
         self._vectors = ipc.new_file(self._sink, self._schema)
+        self._token_schema = token_schema
         self._tokens: list[pa.RecordBatch] = []
         self._docs: list[dict] = []
 
@@ -50,10 +58,10 @@ class ShardWriter:
                     flat = pa.array(by_head[layer_index, head].reshape(-1))
                     columns.append(pa.FixedSizeListArray.from_arrays(flat, self.head_dim))
         self._vectors.write_batch(pa.record_batch(columns, schema=self._schema))
-        self._tokens.append(pa.record_batch(tokens, schema=layout.TOKEN_SCHEMA))
+        self._tokens.append(pa.record_batch(tokens, schema=self._token_schema))
 
     def add_documents(self, docs: list[dict]) -> None:
-        """Record the shard's documents: ``doc``, ``text``, ``n_tokens``, ``truncated``."""
+        """Record the shard's documents: ``doc``, ``text``, ``n_tokens``, ``truncated`` (+ image fields)."""
         self._docs.extend(docs)
 
     def abort(self) -> None:
@@ -68,7 +76,7 @@ class ShardWriter:
         """Finish the files, then atomically rename the shard into the store. Returns its info."""
         self._vectors.close()
         self._sink.close()
-        tokens = pa.Table.from_batches(self._tokens, schema=layout.TOKEN_SCHEMA)
+        tokens = pa.Table.from_batches(self._tokens, schema=self._token_schema)
         pq.write_table(tokens, self.temp / layout.TOKENS)
         docs = pa.Table.from_pylist(sorted(self._docs, key=lambda d: d["doc"]))
         pq.write_table(docs, self.temp / layout.DOCS)
