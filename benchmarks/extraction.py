@@ -147,7 +147,7 @@ def extract_options(args: argparse.Namespace) -> dict[str, Any]:
 def load_workload(args: argparse.Namespace, root: Path) -> Workload:
     plan = plan_extraction(args.model, args.corpus, root / "unused", **extract_options(args))
     hooked = LoadedModel.load(plan)
-    bare, _ = load_model(plan.info.source, plan.device, plan.dtype, vision=plan.family.vision)
+    bare = load_model(plan.info.source, plan.device, plan.dtype)
     return Workload(plan, hooked, bare, list(shards(plan.documents(), plan.docs_per_shard)), root)
 
 

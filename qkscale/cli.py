@@ -36,6 +36,9 @@ def extract(
     max_length: Annotated[int, typer.Option(help="Tokens per document; longer ones are truncated.")] = 128,
     batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 64,
     limit_docs: Annotated[int | None, typer.Option(help="Only the first N documents.")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Only the first documents holding at most N tokens (instead of --limit-docs).")
+    ] = None,
     layers: Annotated[str | None, typer.Option(help="Layers to store, e.g. 0,2-4 (default all).")] = None,
     docs_per_shard: Annotated[int, typer.Option(help="Documents per atomically committed shard.")] = 1024,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -59,6 +62,7 @@ def extract(
         max_length=max_length,
         batch_size=batch_size,
         limit_docs=limit_docs,
+        max_tokens=max_tokens,
         layers=layers,
         docs_per_shard=docs_per_shard,
         device=device,
@@ -141,6 +145,49 @@ def metrics(
     from qkscale.metrics import compute_metrics, format_metrics
 
     typer.echo(format_metrics(compute_metrics(store, force=force), top=top))
+
+
+_SCHEDULER_HELP = "local (worker processes here), local-cuda (one worker per GPU) or a tcp://host:port scheduler."
+
+
+@app.command()
+def run(
+    spec: Annotated[Path, typer.Argument(help="Job spec (YAML), e.g. workflows/demo.yaml.")],
+    scheduler: Annotated[str | None, typer.Option(help=_SCHEDULER_HELP + " Default: the spec's cluster.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Store folder (default: the spec's out).")] = None,
+) -> None:
+    """Run a job on a Dask cluster to the end: extract, metrics, projections (resumable)."""
+    from qkscale.jobs import load_spec
+    from qkscale.jobs import run as run_job
+
+    summary = run_job(load_spec(spec), scheduler, out)
+    typer.echo(summary.format())
+
+
+@app.command()
+def submit(
+    spec: Annotated[Path, typer.Argument(help="Job spec (YAML).")],
+    scheduler: Annotated[str, typer.Option(help="Address of a running Dask scheduler, tcp://host:port.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Store folder (default: the spec's out).")] = None,
+) -> None:
+    """Start a job inside a running Dask cluster and return at once; follow it with `qkscale status`."""
+    from qkscale.jobs import load_spec
+    from qkscale.jobs import submit as submit_job
+
+    job_id, store = submit_job(load_spec(spec), scheduler, out)
+    typer.echo(f"submitted job {job_id}; follow it with: qkscale status {store}")
+
+
+@app.command()
+def status(
+    store: Annotated[Path, typer.Argument(help="Store folder of a job.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Where a job stands: state, shards done/total, heads projected, tokens/s, failures."""
+    from qkscale.jobs import format_status, job_status
+
+    answer = job_status(store)
+    typer.echo(json.dumps(answer, indent=2) if as_json else format_status(answer))
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -25,7 +25,14 @@ from qkscale.errors import CorpusError, OptionError, QKScaleWarning, StoreError
 from qkscale.models import DEFAULT_MODEL, Family, ModelInfo, QKCapture, inspect_model, load_model, score_scales
 from qkscale.models.image_inputs import ImageInputs
 from qkscale.models.inputs import ModelInputs
-from qkscale.models.loader import attention_windows, resolve_device, resolve_dtype, resolve_source
+from qkscale.models.loader import (
+    attention_windows,
+    load_preprocessor,
+    resolve_device,
+    resolve_dtype,
+    resolve_source,
+    weightless_model,
+)
 from qkscale.models.text_inputs import TextInputs
 from qkscale.selection import parse_selection
 from qkscale.store import ShardWriter, Store, layout, read_manifest
@@ -79,6 +86,7 @@ def plan_extraction(
     max_length: int = 128,
     batch_size: int = 64,
     limit_docs: int | None = None,
+    max_tokens: int | None = None,
     layers: str | Sequence[int] | None = None,
     docs_per_shard: int = 1024,
     device: str = "auto",
@@ -89,12 +97,21 @@ def plan_extraction(
     n_heads: int | None = None,
     head_dim: int | None = None,
     causal: bool = False,
+    check_device: bool = True,
 ) -> ExtractionPlan:
-    """Validate every input, cheapest first; raise a :class:`QKScaleError` on the first bad one."""
+    """Validate every input, cheapest first; raise a :class:`QKScaleError` on the first bad one.
+
+    ``max_tokens`` keeps the first documents that hold at most that many tokens (it sets
+    ``limit_docs``, so it reads the corpus through the tokenizer once). ``check_device=False``
+    takes ``device`` as given: a job's workers, not this process, will run the model.
+    """
+    if max_tokens is not None and limit_docs is not None:
+        raise OptionError("give --max-tokens or --limit-docs, not both")
     for name, value in (
         ("max-length", max_length),
         ("batch-size", batch_size),
         ("limit-docs", limit_docs),
+        ("max-tokens", max_tokens),
         ("docs-per-shard", docs_per_shard),
         ("n-heads", n_heads),
         ("head-dim", head_dim),
@@ -102,7 +119,7 @@ def plan_extraction(
         _positive(name, value)
     if max_length < 2:
         raise OptionError("--max-length must be at least 2")
-    device = resolve_device(device)
+    device = resolve_device(device) if check_device else device
     dtype = resolve_dtype(dtype, device)
     info, family = inspect_model(model, q_module, k_module, n_heads, head_dim, causal)
     if info.max_positions and max_length > info.max_positions:
@@ -111,6 +128,8 @@ def plan_extraction(
     out = Path(out).expanduser()
     _check_out_is_usable(out)
     source = _open_corpus_for(family, corpus, info.model_type)
+    if max_tokens is not None:
+        limit_docs = _docs_within(source, load_inputs(info.source, family, max_length), max_tokens)
     n_docs = source.count(limit_docs)
     identity = {
         "model": info.as_dict(),
@@ -121,6 +140,7 @@ def plan_extraction(
             "max_length": max_length,
             "docs_per_shard": docs_per_shard,
             "limit_docs": limit_docs,
+            "max_tokens": max_tokens,
             "batch_size": batch_size,
             "bucket": bucket,
             "dtype": dtype,
@@ -161,13 +181,26 @@ def _open_corpus_for(family: Family, corpus: str | Path, model_type: str) -> Cor
     return open_corpus(corpus)
 
 
+def _docs_within(source: Corpus | ImageCorpus, inputs: ModelInputs, max_tokens: int) -> int:
+    """How many first documents of ``source`` hold at most ``max_tokens`` tokens (at least one)."""
+    total = n_docs = 0
+    for chunk in shards(source.documents(), 1024):
+        for count in inputs.count_tokens([document for _, document in chunk]):
+            if total + count > max_tokens:
+                return max(n_docs, 1)
+            total += count
+            n_docs += 1
+    return max(n_docs, 1)
+
+
 def _check_out_is_usable(out: Path) -> None:
     ancestor = next(p for p in (out, *out.parents) if p.exists())
     if ancestor != out and not (ancestor.is_dir() and os.access(ancestor, os.W_OK)):
         raise StoreError(f"--out {out} cannot be created: {ancestor} is not a writable folder")
     if out.exists() and not out.is_dir():
         raise StoreError(f"--out {out} exists and is not a qkscale store")
-    leftovers_only = all(p.name.startswith(".tmp-") for p in out.iterdir()) if out.is_dir() else True
+    # A job writes its job.json first; an interrupted writer leaves temps: neither makes it a store.
+    leftovers_only = all(p.name.startswith(".tmp-") or p.name == layout.JOB for p in out.iterdir()) if out.is_dir() else True
     if not leftovers_only and read_manifest(out) is None:
         raise StoreError(f"--out {out} exists and is not a qkscale store (choose a new or empty folder)")
 
@@ -202,15 +235,25 @@ class LoadedModel:
 
     @classmethod
     def load(cls, plan: ExtractionPlan) -> LoadedModel:
-        model, preprocessor = load_model(plan.info.source, plan.device, plan.dtype, vision=plan.family.vision)
+        model = load_model(plan.info.source, plan.device, plan.dtype)
         info = plan.info
-        if plan.family.vision:
-            from_model_dir = (resolve_source(info.source) / "preprocessor_config.json").is_file()
-            inputs = ImageInputs(preprocessor, model.config, getattr(torch, plan.dtype), from_model_dir)
-        else:
-            inputs = TextInputs(preprocessor, plan.max_length)
+        inputs = load_inputs(info.source, plan.family, plan.max_length, getattr(torch, plan.dtype))
         capture = QKCapture(model, plan.family, plan.layers, info.n_heads, info.head_dim, info.n_kv_heads)
         return cls(model, inputs, capture, plan.device)
+
+
+def load_inputs(
+    source: str, family: Family, max_length: int, dtype: torch.dtype = torch.float32
+) -> TextInputs | ImageInputs:
+    """How documents become this model's inputs: its tokenizer, or its image processor (no weights read)."""
+    preprocessor = load_preprocessor(source, vision=family.vision)
+    if not family.vision:
+        return TextInputs(preprocessor, max_length)
+    from transformers import AutoConfig
+
+    path = resolve_source(source)
+    config = AutoConfig.from_pretrained(path)
+    return ImageInputs(preprocessor, config, dtype, (path / "preprocessor_config.json").is_file())
 
 
 def extract_shard(
@@ -264,27 +307,7 @@ def extract(
     if existing is not None and existing["complete"]:
         return Store(plan.out)  # same settings (checked by the plan) and nothing left to do
     loaded = LoadedModel.load(plan)
-    manifest = {
-        "format": layout.FORMAT,
-        "format_version": layout.FORMAT_VERSION,
-        "qkscale_version": __version__,
-        **plan.identity,
-        "score_scale": score_scales(loaded.model, plan.family, plan.info.n_layers, plan.info.head_dim),
-        "attention_window": attention_windows(loaded.model, plan.family, plan.info.n_layers),
-        "modality": plan.modality,
-        "preprocessing": loaded.inputs.describe(),
-        "n_docs": plan.n_docs,
-        "n_shards": plan.n_shards,
-        "complete": False,
-        "device": plan.device,
-    }
-    plan.out.mkdir(parents=True, exist_ok=True)
-    remove_temps(plan.out)
-    if existing is None:
-        write_json_atomic(plan.out / layout.MANIFEST, manifest)
-    (plan.out / layout.SHARDS).mkdir(exist_ok=True)
-    remove_temps(plan.out / layout.SHARDS)
-    store = Store(plan.out)
+    store = start_store(plan, loaded.inputs)
     done = set(store.committed_shards())
     bar = _progress_bar(plan.n_docs, sum(store.shard_info(s)["n_docs"] for s in done), progress)
     tokens, started = 0, time.perf_counter()
@@ -303,8 +326,49 @@ def extract(
     finally:
         bar.close()
         loaded.capture.remove()
+    return finish_store(plan)
+
+
+def start_store(plan: ExtractionPlan, inputs: ModelInputs) -> Store:
+    """Create the store folder and its manifest (kept if the store is being resumed); clear temps.
+
+    The score scales and windows are read from the model built without weights, so that a job's
+    coordinator need not load the model that its workers run.
+    """
+    existing = read_manifest(plan.out)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    remove_temps(plan.out)
+    if existing is None:
+        skeleton = weightless_model(plan.info.source)
+        info = plan.info
+        manifest = {
+            "format": layout.FORMAT,
+            "format_version": layout.FORMAT_VERSION,
+            "qkscale_version": __version__,
+            **plan.identity,
+            "score_scale": score_scales(skeleton, plan.family, info.n_layers, info.head_dim),
+            "attention_window": attention_windows(skeleton, plan.family, info.n_layers),
+            "modality": plan.modality,
+            "preprocessing": inputs.describe(),
+            "n_docs": plan.n_docs,
+            "n_shards": plan.n_shards,
+            "complete": False,
+            "device": plan.device,
+        }
+        write_json_atomic(plan.out / layout.MANIFEST, manifest)
+    (plan.out / layout.SHARDS).mkdir(exist_ok=True)
+    remove_temps(plan.out / layout.SHARDS)
+    return Store(plan.out)
+
+
+def finish_store(plan: ExtractionPlan) -> Store:
+    """Mark the store complete once every shard is committed, with its totals; returns it."""
+    store = Store(plan.out)
+    missing = [s for s in range(plan.n_shards) if s not in set(store.committed_shards())]
+    if missing:
+        raise StoreError(f"store {plan.out} still lacks {len(missing)} shard(s), first {missing[0]}")
     infos = [store.shard_info(s) for s in range(plan.n_shards)]
-    manifest = existing or manifest
+    manifest = read_manifest(plan.out)
     manifest.update(
         complete=True,
         n_tokens=sum(i["n_tokens"] for i in infos),

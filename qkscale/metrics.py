@@ -199,9 +199,19 @@ def compute_metrics(store: Store | str | Path, progress: bool = True, force: boo
     if store.has_metrics and not force:
         return store.metrics
     remove_temps(store.path)  # what an interrupted run left behind
-    sums = HeadSums.create(len(store.layers), store.n_heads, store.head_dim)
+    sums = empty_sums(store)
     for shard in tqdm(store.committed_shards(), unit="shard", desc="metrics", disable=not progress, dynamic_ncols=True):
         sums = sums.combine(shard_sums(store, shard))
+    return write_head_metrics(store, sums)
+
+
+def empty_sums(store: Store) -> HeadSums:
+    """Zero sums for every stored head, to combine shard sums into."""
+    return HeadSums.create(len(store.layers), store.n_heads, store.head_dim)
+
+
+def write_head_metrics(store: Store, sums: HeadSums) -> pd.DataFrame:
+    """Finish the sums of every shard into the stored metrics, offsets and head similarity."""
     table = sums.finalize(store.layers)
     profiles = sums.offset_profiles()
     similarity, order = head_similarity(profiles)

@@ -94,6 +94,9 @@ class ImageInputs:
             "prefix_tokens": self.prefix,
         }
 
+    def count_tokens(self, documents: list[Image]) -> list[int]:
+        return [self.n_tokens] * len(documents)
+
     def _pixels(self, images: list) -> torch.Tensor:
         pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
         if pixels.ndim != 4:

@@ -52,6 +52,10 @@ class ModelInputs(Protocol):
         """The batches of one shard's ``(doc_id, document)`` pairs, every document exactly once."""
         ...
 
+    def count_tokens(self, documents: list[Any]) -> list[int]:
+        """How many tokens each document gives (after truncation)."""
+        ...
+
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the preprocessing."""
         ...

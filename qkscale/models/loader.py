@@ -196,31 +196,51 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
-def load_model(source: str, device: str = "cpu", dtype: str = "float32", vision: bool = False):
-    """Load ``(model, preprocessor)`` from ``source`` in eval mode on ``device``.
-
-    The preprocessor is the tokenizer, or for a vision model (``vision``) the image processor
-    saved beside it, else :func:`~qkscale.models.image_inputs.default_image_processor`.
-    """
+def load_model(source: str, device: str = "cpu", dtype: str = "float32"):
+    """Load the model of ``source`` in eval mode on ``device`` (its preprocessor: :func:`load_preprocessor`)."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
+
+    _quiet_transformers()
+    try:
+        model = AutoModel.from_pretrained(resolve_source(source), dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the model in {source}: {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def load_preprocessor(source: str, vision: bool = False):
+    """The tokenizer of ``source``, or for a vision model the image processor saved beside it,
+    else :func:`~qkscale.models.image_inputs.default_image_processor`. No weights are read."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    _quiet_transformers()
+    path = resolve_source(source)
+    try:
+        if vision:
+            from qkscale.models.image_inputs import load_image_processor
+
+            return load_image_processor(path, AutoConfig.from_pretrained(path))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the preprocessor in {source}: {str(exc).splitlines()[0]}") from None
+    if tokenizer.pad_token is None and (tokenizer.eos_token or tokenizer.unk_token):
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    path = resolve_source(source)
-    try:
-        model = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype))
-        if vision:
-            from qkscale.models.image_inputs import load_image_processor
 
-            return model.to(device).eval(), load_image_processor(path, model.config)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the model in {source}: {str(exc).splitlines()[0]}") from None
-    if tokenizer.pad_token is None and (tokenizer.eos_token or tokenizer.unk_token):
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return model.to(device).eval(), tokenizer
+
+def weightless_model(source: str):
+    """The model of ``source`` built on the meta device: its modules and attributes, no weights."""
+    from transformers import AutoConfig
+
+    return _weightless_model(AutoConfig.from_pretrained(resolve_source(source)))
 
 
 def attention_windows(model, family: Family, n_layers: int) -> list[int | None]:

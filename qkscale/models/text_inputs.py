@@ -54,6 +54,11 @@ class TextInputs:
     def describe(self) -> dict[str, Any]:
         return {"tokenizer": type(self.tokenizer).__name__, "max_length": self.max_length}
 
+    def count_tokens(self, documents: list[str]) -> list[int]:
+        texts = [text[: self.max_length * CHARS_PER_TOKEN_BOUND] for text in documents]
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        return [len(ids) for ids in encoded]
+
     def batches(self, docs: list[tuple[int, str]], batch_size: int, bucket: bool) -> Iterator[Batch]:
         tokenizer, max_length = self.tokenizer, self.max_length
         # Cut very long documents before tokenizing, so that work and memory follow max_length.

@@ -23,6 +23,7 @@ import pyarrow as pa
 FORMAT = "qkscale-store"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+JOB = "job.json"  # written by `qkscale run` / `submit` (qkscale.jobs)
 SHARDS = "shards"
 TOKENS = "tokens.parquet"
 DOCS = "docs.parquet"
