@@ -199,6 +199,7 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
 
 
 _show_warning = warnings.showwarning
+INTERRUPTED = 130
 
 
 def main() -> None:
@@ -207,7 +208,9 @@ def main() -> None:
         warnings.simplefilter("always", QKScaleWarning)
         warnings.showwarning = _print_warning
         try:
-            app(standalone_mode=False)
+            code = app(standalone_mode=False)  # Click turns Ctrl-C into the return value 130
+            if code == INTERRUPTED:
+                raise KeyboardInterrupt
         except QKScaleError as exc:
             print(f"qkscale: error: {exc}", file=sys.stderr)
             sys.exit(2)
@@ -216,7 +219,7 @@ def main() -> None:
             sys.exit(1)
         except KeyboardInterrupt:
             print("qkscale: interrupted; rerun the same command to resume", file=sys.stderr)
-            sys.exit(130)
+            sys.exit(INTERRUPTED)
         except typer.Exit as exc:
             sys.exit(exc.exit_code)
         except typer.Abort:

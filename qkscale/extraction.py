@@ -200,7 +200,9 @@ def _check_out_is_usable(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise StoreError(f"--out {out} exists and is not a qkscale store")
     # A job writes its job.json first; an interrupted writer leaves temps: neither makes it a store.
-    leftovers_only = all(p.name.startswith(".tmp-") or p.name == layout.JOB for p in out.iterdir()) if out.is_dir() else True
+    leftovers_only = (
+        all(p.name.startswith(".tmp-") or p.name == layout.JOB for p in out.iterdir()) if out.is_dir() else True
+    )
     if not leftovers_only and read_manifest(out) is None:
         raise StoreError(f"--out {out} exists and is not a qkscale store (choose a new or empty folder)")
 

@@ -39,7 +39,8 @@ CASES = [
     (
         "unsupported architecture",
         ["--model", "{root}/t5-model"],
-        "unsupported architecture 't5'; supported: bert, deit, dinov2, dinov2_with_registers, distilbert, gpt2, llama, mistral, qwen2, roberta, vit",
+        "unsupported architecture 't5'; supported: bert, deit, dinov2, dinov2_with_registers, distilbert, gpt2, "
+        "llama, mistral, qwen2, roberta, vit",
     ),
     ("missing corpus", ["--corpus", "{root}/nope.txt"], "does not exist"),
     ("empty corpus", ["--corpus", "{root}/empty.txt"], "holds no documents"),

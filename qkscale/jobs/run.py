@@ -65,21 +65,39 @@ def scheduler_of(spec: JobSpec, scheduler: str | None) -> str:
 def run(
     spec: JobSpec, scheduler: str | None = None, out: str | Path | None = None, progress: bool = True
 ) -> JobSummary:
-    """Run ``spec`` to the end on its cluster (or ``scheduler``); blocks, with progress bars."""
+    """Run ``spec`` to the end on its cluster (or ``scheduler``); blocks, with progress bars.
+
+    A local cluster's job is planned before the cluster starts, so that bad input fails at once.
+    """
     target = scheduler_of(spec, scheduler)
     out = spec.store_path(out).resolve()
+    plan = None if is_address(target) else plan_job(spec, out, _local_device(spec, target))
     cluster_spec = spec.cluster
     with connect(target, cluster_spec.workers, cluster_spec.threads, cluster_spec.memory) as cluster:
         if progress and cluster.dashboard_link:
             print(f"Dask dashboard: {cluster.dashboard_link}", flush=True)
-        return run_job(spec, cluster, out, new_job_id(spec), target, progress)
+        return run_job(spec, cluster, out, new_job_id(spec), target, progress, plan)
 
 
-def plan_job(spec: JobSpec, cluster: Cluster, out: Path) -> ExtractionPlan:
-    """Check the spec against the model, corpus and store (nothing is written)."""
-    device = spec.extract.device
-    if device == "auto":
-        device = "cuda" if workers_see_cuda(cluster.client) else "cpu"
+def _local_device(spec: JobSpec, scheduler: str) -> str:
+    """The device of a local cluster's workers: they see this machine's GPUs."""
+    if spec.extract.device != "auto":
+        return spec.extract.device
+    if scheduler == "local-cuda":
+        return "cuda"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _workers_device(spec: JobSpec, cluster: Cluster) -> str:
+    if spec.extract.device != "auto":
+        return spec.extract.device
+    return "cuda" if workers_see_cuda(cluster.client) else "cpu"
+
+
+def plan_job(spec: JobSpec, out: Path, device: str) -> ExtractionPlan:
+    """Check the spec against the model, corpus and store for workers on ``device`` (nothing is written)."""
     options = spec.extract
     plan = plan_extraction(
         spec.model,
@@ -100,11 +118,17 @@ def plan_job(spec: JobSpec, cluster: Cluster, out: Path) -> ExtractionPlan:
 
 
 def run_job(
-    spec: JobSpec, cluster: Cluster, out: Path, job_id: str, scheduler: str, progress: bool = False
+    spec: JobSpec,
+    cluster: Cluster,
+    out: Path,
+    job_id: str,
+    scheduler: str,
+    progress: bool = False,
+    plan: ExtractionPlan | None = None,
 ) -> JobSummary:
     """The coordinator: every stage of ``spec`` as tasks on ``cluster``; ``job.json`` follows it."""
     started = time.perf_counter()
-    plan = plan_job(spec, cluster, out)
+    plan = plan or plan_job(spec, out, _workers_device(spec, cluster))
     projection_plans = []
     record = JobRecord(plan.out, spec, job_id, scheduler)
     try:
@@ -235,9 +259,7 @@ def _plan_projections(spec: JobSpec, store: Store) -> list[ProjectionPlan]:
     ]
 
 
-def _project(
-    cluster: Cluster, plans: list[ProjectionPlan], backend: str, record: JobRecord, progress: bool
-) -> None:
+def _project(cluster: Cluster, plans: list[ProjectionPlan], backend: str, record: JobRecord, progress: bool) -> None:
     """One task per (head, method, dims) not done yet; ``backend`` (``auto``: the worker's best)."""
     from distributed import as_completed
 
@@ -288,7 +310,7 @@ def submit(spec: JobSpec, scheduler: str, out: str | Path | None = None) -> tupl
         raise JobError(f"submit needs a scheduler address (tcp://host:8786), not '{scheduler}'; use `qkscale run`")
     out = spec.store_path(out).resolve()
     with connect(scheduler) as cluster:
-        plan_job(spec, cluster, out)  # fail here, not later inside the cluster
+        plan_job(spec, out, _workers_device(spec, cluster))  # fail here, not later inside the cluster
         job_id = new_job_id(spec)
         JobRecord(out, spec, job_id, scheduler, state="submitted")
         future = cluster.client.submit(

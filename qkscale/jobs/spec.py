@@ -176,8 +176,10 @@ def _check_fields(data: dict, cls: type, prefix: str, source: str) -> dict[str, 
             continue
         accepted = _TYPES[key]
         if isinstance(value, bool) and bool not in accepted or not isinstance(value, accepted):
-            kinds = " or ".join({"str": "text", "int": "an integer", "bool": "true/false", "list": "a list"}[t.__name__]
-                                for t in accepted)
+            kinds = " or ".join(
+                {"str": "text", "int": "an integer", "bool": "true/false", "list": "a list"}[t.__name__]
+                for t in accepted
+            )
             raise SpecError(f"{source}: {prefix}{key}: expected {kinds}, got {value!r}")
         if key in _POSITIVE and value < 1:
             raise SpecError(f"{source}: {prefix}{key}: expected a positive integer, got {value}")
