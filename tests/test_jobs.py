@@ -324,3 +324,21 @@ def test_store_of_another_job_is_refused(tmp_path, cluster):
     other = parse_spec(_spec("second", tmp_path / "s", projection=None, metrics=False, extract={"limit_docs": 20}))
     with pytest.raises(JobError, match="belongs to job 'first'"):
         run_job(other, cluster, tmp_path / "s", new_job_id(other), "local")
+
+
+WORKFLOWS = sorted((Path(__file__).parent.parent / "workflows").glob("*.yaml"))
+
+
+def test_every_workflow_is_a_valid_documented_spec():
+    from qkscale.jobs import load_spec
+
+    names = {path.name for path in WORKFLOWS}
+    assert {"demo.yaml", "bert-corpus.yaml", "gpt2-corpus.yaml", "multi-gpu.yaml"} <= names
+    assert {"vit-images.yaml", "llama-corpus.yaml"} <= names
+    for path in WORKFLOWS:
+        spec = load_spec(path)
+        assert spec.name == path.stem
+        assert path.read_text().startswith(f"# {spec.name}: "), f"{path.name} must say what it does at its top"
+    demo = load_spec(Path(__file__).parent.parent / "workflows" / "demo.yaml")
+    assert (demo.model, demo.corpus, demo.metrics) == ("minilm", "builtin", True)
+    assert demo.projection.layers is None and demo.projection.heads is None  # every head
