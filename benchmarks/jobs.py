@@ -5,7 +5,7 @@ warm-up job first, so that the timed job measures extraction, not model loading.
 efficiency = (tokens/s with 2 workers) / (2 x tokens/s with 1 worker). The memory figure is each
 worker's peak resident set (``ru_maxrss``) after a job of ``--tokens`` tokens. Run::
 
-    python -m benchmarks.jobs --tokens 200000 --repeats 2 --out benchmarks/results/jobs.json
+    python -m benchmarks.jobs --tokens 200000 --repeats 2 --docs-per-shard 100 --batch-size 16 --out jobs.json
 """
 
 from __future__ import annotations
@@ -30,18 +30,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=200_000, help="tokens of the builtin corpus per job")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--docs-per-shard", type=int, default=250)
+    # Small shards keep the tail short (the last shard runs alone while the other worker idles).
+    parser.add_argument("--docs-per-shard", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/jobs.json"))
     return parser.parse_args(argv)
 
 
-def _spec(name: str, out: Path, **sampling: Any):
+def _spec(name: str, out: Path, batch_size: int = 64, **sampling: Any):
     return parse_spec(
         {
             "name": name,
             "model": "minilm",
             "corpus": "builtin",
             "out": str(out),
+            "extract": {"batch_size": batch_size},
             "sampling": sampling,
             "projection": None,
             "metrics": False,
@@ -63,7 +66,9 @@ def measure(workers: int, args: argparse.Namespace, root: Path) -> dict[str, Any
         run_job(warm, cluster, root / f"warm-{workers}", new_job_id(warm), "local")
         for repeat in range(args.repeats):
             out = root / f"w{workers}-r{repeat}"
-            spec = _spec(f"bench-{workers}", out, max_tokens=args.tokens, docs_per_shard=args.docs_per_shard)
+            spec = _spec(
+                f"bench-{workers}", out, args.batch_size, max_tokens=args.tokens, docs_per_shard=args.docs_per_shard
+            )
             started = time.perf_counter()
             summary = run_job(spec, cluster, out, new_job_id(spec), "local")
             runs.append(

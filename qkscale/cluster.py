@@ -77,12 +77,15 @@ def connect(
         finally:
             client.close()
         return
-    if scheduler == "local":
-        cluster = _local_cluster(workers, threads, memory)
-    elif scheduler == "local-cuda":
-        cluster = _local_cuda_cluster(workers, threads, memory)
-    else:
+    if scheduler not in ("local", "local-cuda"):
         raise ClusterError(f"--scheduler must be local, local-cuda or a tcp://host:port address, not '{scheduler}'")
+    import dask
+
+    # Workers inherit this config: Dask's statistical profiler samples every worker thread each
+    # 10 ms, time the model's forward passes need more on a machine with few cores.
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        make = _local_cluster if scheduler == "local" else _local_cuda_cluster
+        cluster = make(workers, threads, memory)
     with cluster, Client(cluster) as client:
         yield Cluster(client, scheduler, scheduler == "local-cuda")
 
