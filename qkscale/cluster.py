@@ -32,8 +32,13 @@ class Cluster:
     """A connected client and what the job needs to know about its workers."""
 
     client: Any  # distributed.Client
-    kind: str
     gpu_workers: bool  # every worker has one GPU (tasks are annotated with the GPU resource)
+
+    @classmethod
+    def of(cls, client) -> Cluster:
+        """A cluster reached through ``client``; GPU workers are those with the ``GPU`` resource."""
+        workers = client.scheduler_info()["workers"].values()
+        return cls(client, bool(workers) and all(w.get("resources", {}).get(GPU, 0) >= 1 for w in workers))
 
     @property
     def n_workers(self) -> int:
@@ -73,7 +78,7 @@ def connect(
                 f"no Dask scheduler answered at {scheduler} within {timeout:g} s ({type(exc).__name__})"
             ) from None
         try:
-            yield Cluster(client, "address", _all_workers_have_gpu(client))
+            yield Cluster.of(client)
         finally:
             client.close()
         return
@@ -87,7 +92,7 @@ def connect(
         make = _local_cluster if scheduler == "local" else _local_cuda_cluster
         cluster = make(workers, threads, memory)
     with cluster, Client(cluster) as client:
-        yield Cluster(client, scheduler, scheduler == "local-cuda")
+        yield Cluster(client, scheduler == "local-cuda")
 
 
 def _worker_env(threads: int) -> dict[str, str]:
@@ -136,11 +141,6 @@ def _local_cuda_cluster(workers: int | None, threads: int, memory: str | int | N
         resources={GPU: 1},
         env=_worker_env(threads),
     )
-
-
-def _all_workers_have_gpu(client) -> bool:
-    workers = client.scheduler_info()["workers"].values()
-    return bool(workers) and all(w.get("resources", {}).get(GPU, 0) >= 1 for w in workers)
 
 
 def workers_see_cuda(client) -> bool:

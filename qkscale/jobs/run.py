@@ -295,11 +295,8 @@ def run_job_task(spec: JobSpec, out: str, job_id: str, scheduler: str) -> str:
     """A submitted job, run inside the cluster by one of its workers (seceded from its thread pool)."""
     from distributed import worker_client
 
-    from qkscale.cluster import _all_workers_have_gpu
-
     with worker_client() as client:
-        cluster = Cluster(client, "address", _all_workers_have_gpu(client))
-        return run_job(spec, cluster, Path(out), job_id, scheduler).format()
+        return run_job(spec, Cluster.of(client), Path(out), job_id, scheduler).format()
 
 
 def submit(spec: JobSpec, scheduler: str, out: str | Path | None = None) -> tuple[str, Path]:

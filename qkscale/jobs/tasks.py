@@ -36,18 +36,12 @@ def _loaded_model(plan: ExtractionPlan) -> tuple[LoadedModel, threading.Lock]:
 
 def extract_shard_task(plan: ExtractionPlan, shard: int, docs: list[tuple[int, Any]]) -> dict[str, int]:
     """Extract and commit one shard; a shard already committed (by an earlier try) is left as it is."""
-    committed = Store(plan.out).shard_info(shard) if _is_committed(plan.out, shard) else None
-    if committed is not None:
-        return committed
+    store = Store(plan.out)
+    if store.is_committed(shard):
+        return store.shard_info(shard)
     loaded, lock = _loaded_model(plan)
     with lock:  # one capture per model: the worker's threads take turns on it
         return extract_shard(loaded, plan, shard, docs)
-
-
-def _is_committed(out: Path, shard: int) -> bool:
-    from qkscale.store import layout
-
-    return (layout.shard_dir(out, shard) / layout.SHARD_INFO).is_file()
 
 
 def _store(path: str) -> Store:

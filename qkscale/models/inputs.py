@@ -3,7 +3,7 @@
 Text (:class:`~qkscale.models.text_inputs.TextInputs`) and images
 (:class:`~qkscale.models.image_inputs.ImageInputs`) both turn one shard's documents into
 :class:`Batch` objects; extraction runs the model on :attr:`Batch.inputs` and stores the tokens
-where :attr:`Batch.real` is set, described by :meth:`Batch.token_rows`.
+where :attr:`Batch.real` is set, described by :attr:`Batch.token_rows`.
 """
 
 from __future__ import annotations
@@ -23,23 +23,17 @@ class Batch:
     inputs: dict[str, torch.Tensor]
     real: torch.Tensor  # bool [batch, tokens]: False on padding
     # Built only when stored (a bare forward pass over the same batches skips them):
-    records: Callable[[], list[dict[str, Any]]]  # one docs.parquet record per document of the batch
-    rows: Callable[[], dict[str, Any]]  # the token table columns of the real tokens, in gathered order
+    documents: Callable[[], list[dict[str, Any]]]  # one docs.parquet record per document of the batch
+    token_rows: Callable[[], dict[str, Any]]  # the token table columns of the real tokens, in gathered order
 
     @property
     def n_docs(self) -> int:
         return len(self.real)
 
-    def documents(self) -> list[dict[str, Any]]:
-        return self.records()
-
-    def token_rows(self) -> dict[str, Any]:
-        return self.rows()
-
     def to(self, device: str | torch.device) -> Batch:
         """The same batch with its tensors on ``device``."""
         inputs = {name: tensor.to(device) for name, tensor in self.inputs.items()}
-        return Batch(inputs, self.real.to(device), self.records, self.rows)
+        return Batch(inputs, self.real.to(device), self.documents, self.token_rows)
 
 
 class ModelInputs(Protocol):

@@ -78,11 +78,10 @@ class Store:
     # -- shards ------------------------------------------------------------------------------
     def committed_shards(self) -> list[int]:
         """Shards whose folder has been committed, in order."""
-        return [
-            s
-            for s in range(self.manifest["n_shards"])
-            if (layout.shard_dir(self.path, s) / layout.SHARD_INFO).is_file()
-        ]
+        return [s for s in range(self.manifest["n_shards"]) if self.is_committed(s)]
+
+    def is_committed(self, shard: int) -> bool:
+        return (layout.shard_dir(self.path, shard) / layout.SHARD_INFO).is_file()
 
     def shard_info(self, shard: int) -> dict[str, int]:
         return json.loads((layout.shard_dir(self.path, shard) / layout.SHARD_INFO).read_text())
