@@ -190,6 +190,23 @@ def status(
     typer.echo(json.dumps(answer, indent=2) if as_json else format_status(answer))
 
 
+@app.command()
+def serve(
+    store: Annotated[Path, typer.Argument(help="Store folder to explore.")],
+    port: Annotated[int, typer.Option(help="TCP port.")] = 5006,
+    address: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    allow_websocket_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="HOST:PORT a browser may connect from (repeatable), e.g. behind an SSH tunnel or proxy."),
+    ] = None,
+    show: Annotated[bool, typer.Option("--show", help="Open the dashboard in a browser.")] = False,
+) -> None:
+    """Serve the dashboard (matrix, single-head, sentence, aggregate, image, metrics views) of a store."""
+    from qkscale.dashboard.server import serve as serve_store
+
+    serve_store(store, port, address, allow_websocket_origin, show)
+
+
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """qkscale's own warnings as one line on stderr; every other warning as Python shows it."""
     if issubclass(category, QKScaleWarning):

@@ -1,0 +1,116 @@
+"""Matrix view: every head's cached thumbnail on one canvas, a tap on a tile selects that head."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+
+from qkscale.dashboard.thumbnails import THUMBNAIL_PIXELS, thumbnail
+from qkscale.store import Store
+
+TILE = 1.0  # data units per tile; tiles sit on an integer grid (column = head, row = layer)
+GAP = 0.06
+ORDERINGS = ("layer / head", "head similarity")
+_MISSING = np.full((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS, 4), (235, 235, 235, 255), np.uint8)
+
+
+def tile_grid(heads: list[tuple[int, int]], columns: int | None = None) -> dict[tuple[int, int], tuple[int, int]]:
+    """Grid cell (column, row) of each head: layer by layer, or wrapped into ``columns`` in list order."""
+    if columns is None:
+        layers = sorted({layer for layer, _ in heads})
+        return {(layer, head): (head, len(layers) - 1 - layers.index(layer)) for layer, head in heads}
+    rows = math.ceil(len(heads) / columns)
+    return {h: (i % columns, rows - 1 - i // columns) for i, h in enumerate(heads)}
+
+
+def head_at(grid: dict[tuple[int, int], tuple[int, int]], x: float, y: float) -> tuple[int, int] | None:
+    """The head whose tile holds the data point (x, y), or None between tiles."""
+    cell = (math.floor(x / TILE), math.floor(y / TILE))
+    return next((head for head, position in grid.items() if position == cell), None)
+
+
+def ordered_heads(heads: list[tuple[int, int]], ordering: str, metrics: pd.DataFrame | None) -> list[tuple[int, int]]:
+    """``heads`` by layer then head, or by the metrics' head-similarity order (similar heads adjacent)."""
+    if ordering == "head similarity" and metrics is not None:
+        rank = {(int(r.layer), int(r.head)): int(r.order) for r in metrics.itertuples()}
+        return sorted(heads, key=lambda h: rank.get(h, len(rank)))
+    return sorted(heads)
+
+
+def metric_label(metrics: pd.DataFrame | None, metric: str | None) -> dict[tuple[int, int], str]:
+    """`` entropy 2.31`` for every head, or nothing without metrics."""
+    if metrics is None or not metric or metric not in metrics:
+        return {}
+    return {(int(r.layer), int(r.head)): f" {metric} {getattr(r, metric):.3g}" for r in metrics.itertuples()}
+
+
+def compose_tiles(grid: dict, images: dict, background) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Paste one square image per head into a single array laid out as ``grid`` (bottom row last).
+
+    Returns the array and its bounds in tile units, so that :func:`head_at` maps clicks back to
+    heads. One image draws far faster in the browser than one glyph per head.
+    """
+    first = next(iter(images.values()))
+    pixels = first.shape[0]
+    gap = max(1, round(pixels * GAP))
+    step = pixels + 2 * gap
+    n_columns = 1 + max(c for c, _ in grid.values())
+    n_rows = 1 + max(r for _, r in grid.values())
+    canvas = np.empty((n_rows * step, n_columns * step, *first.shape[2:]), first.dtype)
+    canvas[...] = background
+    for head, (column, row) in grid.items():
+        top = (n_rows - 1 - row) * step + gap
+        left = column * step + gap
+        canvas[top : top + pixels, left : left + pixels] = images[head]
+    return canvas, (0.0, 0.0, float(n_columns * TILE), float(n_rows * TILE))
+
+
+def tile_labels(grid: dict, text: dict[tuple[int, int], str]):
+    """An ``hv.Labels`` with each head's text at the top left of its tile."""
+    import holoviews as hv
+
+    labels = [(column * TILE + GAP, (row + 1) * TILE - GAP, text[head]) for head, (column, row) in grid.items()]
+    return hv.Labels(labels, ["x", "y"], "text").opts(
+        text_font_size="8pt", text_align="left", text_baseline="top", text_color="black"
+    )
+
+
+def matrix_element(
+    store: Store,
+    heads: list[tuple[int, int]],
+    projected: set[tuple[int, int]],
+    method: str = "umap",
+    dims: int = 2,
+    ordering: str = "layer / head",
+    metrics: pd.DataFrame | None = None,
+    metric: str | None = None,
+):
+    """Every head's thumbnail (grey where not projected) on one RGB canvas, with L/H and metric labels."""
+    import holoviews as hv
+    from PIL import Image
+
+    order = ordered_heads(heads, ordering, metrics)
+    grid = tile_grid(order, store.n_heads if ordering == "head similarity" else None)
+    images = {}
+    for layer, head in order:
+        if (layer, head) in projected:
+            png = thumbnail(store, layer, head, method, dims)
+            images[(layer, head)] = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
+        else:
+            images[(layer, head)] = _MISSING
+    canvas, bounds = compose_tiles(grid, images, (255, 255, 255, 255))
+    extra = metric_label(metrics, metric)
+    text = {h: f"L{h[0]}H{h[1]}{extra.get(h, '')}" for h in order}
+    n_columns, n_rows = int(bounds[2]), int(bounds[3])
+    element = (hv.RGB(canvas, bounds=bounds).opts(tools=["tap"]) * tile_labels(grid, text)).opts(
+        width=min(1400, 110 * n_columns + 40),
+        height=min(1100, 110 * n_rows + 60),
+        xaxis=None,
+        yaxis=None,
+        toolbar=None,
+        title=f"{method} {dims}D · queries blue, keys orange · grey: not projected · click a head to open it",
+    )
+    return element, grid

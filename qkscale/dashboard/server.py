@@ -1,0 +1,49 @@
+"""`qkscale serve`: one Panel server, one store loaded once, one dashboard per browser session."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from qkscale.dashboard.data import DashboardData
+from qkscale.errors import OptionError
+
+DEFAULT_PORT = 5006
+DEFAULT_ADDRESS = "127.0.0.1"
+
+
+def prepare(store: str | Path) -> DashboardData:
+    """Open the store and compute what every session shares (tokens, kinds, contexts) once."""
+    data = DashboardData(store)
+    data.kinds, data.contexts, data.metrics  # noqa: B018 - warm the shared caches before the first session
+    return data
+
+
+def serve(
+    store: str | Path,
+    port: int = DEFAULT_PORT,
+    address: str = DEFAULT_ADDRESS,
+    allow_websocket_origin: list[str] | None = None,
+    show: bool = False,
+) -> None:
+    """Serve the dashboard of ``store`` until interrupted. Only the app is served: no file routes."""
+    import panel as pn
+
+    from qkscale.dashboard.app import app
+
+    if not 0 < port < 65536:
+        raise OptionError(f"--port {port} is not a TCP port (1-65535)")
+    data = prepare(store)
+    origins = list(allow_websocket_origin or []) or [f"{address}:{port}", f"localhost:{port}"]
+    logging.getLogger("bokeh").setLevel(logging.WARNING)
+    print(f"qkscale: serving {data.store.path} at http://{address}:{port}/ (Ctrl-C to stop)", flush=True)
+    pn.serve(
+        {"/": lambda: app(store, data)},
+        port=port,
+        address=address,
+        websocket_origin=origins,
+        show=show,
+        title="qkscale",
+        threaded=False,
+        static_dirs={},
+    )
