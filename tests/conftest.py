@@ -132,6 +132,36 @@ def _save(model, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+IMAGE_SIZE, PATCH = 32, 8
+
+
+def save_tiny_vision(folder: Path, model_type: str, with_processor: bool) -> Path:
+    """A randomly initialised vision transformer; its image processor saved beside it or not."""
+    import torch
+    from transformers import AutoConfig, AutoModel, ViTImageProcessor
+
+    extra = {"num_register_tokens": 2} if model_type == "dinov2_with_registers" else {}
+    config = AutoConfig.for_model(
+        model_type,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH,
+        initializer_range=INITIALIZER_RANGE,
+        **extra,
+    )
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(folder)
+    if with_processor:
+        size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        ViTImageProcessor(size=size, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(
+            folder
+        )
+    return folder
+
+
 @pytest.fixture(scope="session")
 def sentences_file(tmp_path_factory) -> Path:
     return _write_lines(tmp_path_factory.mktemp("corpus") / "sentences.txt", SENTENCES)

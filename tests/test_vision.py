@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import INITIALIZER_RANGE
+from conftest import IMAGE_SIZE, PATCH, save_tiny_vision
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
 
@@ -24,33 +24,6 @@ VISION = {
     "dinov2": (["[CLS]"], True),
     "dinov2_with_registers": (["[CLS]", "[REG0]", "[REG1]"], False),
 }
-IMAGE_SIZE, PATCH = 32, 8
-
-
-def _save_tiny_vision(folder: Path, model_type: str, with_processor: bool) -> Path:
-    """A randomly initialised vision transformer; its image processor saved beside it or not."""
-    from transformers import AutoConfig, ViTImageProcessor
-
-    extra = {"num_register_tokens": 2} if model_type == "dinov2_with_registers" else {}
-    config = AutoConfig.for_model(
-        model_type,
-        hidden_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=96,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH,
-        initializer_range=INITIALIZER_RANGE,
-        **extra,
-    )
-    torch.manual_seed(0)
-    AutoModel.from_config(config).save_pretrained(folder)
-    if with_processor:
-        size = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-        ViTImageProcessor(size=size, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(
-            folder
-        )
-    return folder
 
 
 def _picture(height: int, width: int, seed: int) -> np.ndarray:
@@ -91,7 +64,7 @@ def _plan(source: Path, folder: Path, out: Path):
 @pytest.fixture(scope="module")
 def vision_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("vision-models")
-    return {name: _save_tiny_vision(root / name, name, processor) for name, (_, processor) in VISION.items()}
+    return {name: save_tiny_vision(root / name, name, processor) for name, (_, processor) in VISION.items()}
 
 
 @pytest.fixture(scope="module")

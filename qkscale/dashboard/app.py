@@ -117,7 +117,7 @@ class Dashboard(pn.viewable.Viewer):
             pn.widgets.Select.from_param(self.param.ordering, name="order"),
             pn.widgets.Select.from_param(self.param.label_metric, name="label with metric"),
         )
-        return pn.Column(controls, self._matrix_view)
+        return pn.Column(controls, _lazy(self._matrix_view))
 
     @param.depends("method", "dims", "ordering", "label_metric")
     @_guarded
@@ -130,7 +130,13 @@ class Dashboard(pn.viewable.Viewer):
                 f"`qkscale project {self.store.path} --method {self.method} --dims {self.dims}`"
             )
         element, grid = matrix.matrix_element(
-            self.store, self.data.heads, projected, self.method, self.dims, self.ordering, self.data.metrics,
+            self.store,
+            self.data.heads,
+            projected,
+            self.method,
+            self.dims,
+            self.ordering,
+            self.data.metrics,
             self.label_metric,
         )
         pane = pn.pane.HoloViews(element, css_classes=["qk-matrix"])
@@ -152,7 +158,9 @@ class Dashboard(pn.viewable.Viewer):
         stored = {f"L{layer}": layer for layer in self.store.layers}
         nav = pn.Row(
             pn.widgets.Select.from_param(self.param.layer, options=stored, name="layer", width=90),
-            pn.widgets.Select.from_param(self.param.head, options=list(range(self.store.n_heads)), name="head", width=80),
+            pn.widgets.Select.from_param(
+                self.param.head, options=list(range(self.store.n_heads)), name="head", width=80
+            ),
             self._button("◀ head", lambda: self._step(0, -1)),
             self._button("head ▶", lambda: self._step(0, 1)),
             self._button("▲ layer", lambda: self._step(-1, 0)),
@@ -165,7 +173,9 @@ class Dashboard(pn.viewable.Viewer):
             pn.widgets.CheckButtonGroup.from_param(self.param.show, name="show", options={"queries": "q", "keys": "k"}),
         )
         search = pn.Row(
-            pn.widgets.TextInput.from_param(self.param.search_text, name="search tokens", placeholder="e.g. the, ^un, ##ing"),
+            pn.widgets.TextInput.from_param(
+                self.param.search_text, name="search tokens", placeholder="e.g. the, ^un, ##ing"
+            ),
             pn.widgets.RadioButtonGroup.from_param(self.param.search_mode, name="mode"),
             self._search_summary,
         )
@@ -174,8 +184,8 @@ class Dashboard(pn.viewable.Viewer):
             pn.widgets.Checkbox.from_param(self.param.hide_special, name="hide special tokens (renormalise)"),
             pn.widgets.RadioButtonGroup.from_param(self.param.sentence_style, name="attention as"),
         )
-        details = pn.Column(self._token_details, width=520)
-        return pn.Column(nav, view, search, links, pn.Row(pn.Column(self._legend, self._embedding), details))
+        details = pn.Column(_lazy(self._token_details), width=520)
+        return pn.Column(nav, view, search, links, pn.Row(pn.Column(self._legend, _lazy(self._embedding)), details))
 
     def _button(self, label: str, action: Callable[[], None]):
         button = pn.widgets.Button(name=label, width=80, css_classes=["qk-nav"])
@@ -213,23 +223,26 @@ class Dashboard(pn.viewable.Viewer):
             pane.param.watch(lambda event: self._on_3d_click(points, event.new), "click_data")
             return pane
         embedding = single.embedding_2d(points, show, colouring)
-        overlay = hv_dynamic(self._selection_overlay, self, ["token", "token_kind", "top_k", "hide_special", "search_version"])
+        matches = hv_dynamic(lambda **_: single.match_points(points, self._match_ids()), self, ["search_version"])
+        overlay = hv_dynamic(
+            lambda **_: self._selection_overlay(points), self, ["token", "token_kind", "top_k", "hide_special"]
+        )
         tap = _tap_stream(embedding)
         tap.add_subscriber(lambda x, y: self._on_tap(points, show, x, y))
-        return pn.pane.HoloViews(embedding * overlay, css_classes=["qk-embedding"])
+        return pn.pane.HoloViews(embedding * single.matches_layer(matches) * overlay, css_classes=["qk-embedding"])
 
-    def _selection_overlay(self, **_):
-        try:
-            points = self.data.head_points(self.layer, self.head, self.method, self.dims)
-        except QKScaleError:
-            return single.selection_layer(None, None, None, NO_MATCHES)
+    def _match_ids(self) -> np.ndarray:
+        return self.matches.ids if self.matches is not None else NO_MATCHES
+
+    def _selection_overlay(self, points):
         row, links = None, None
         if self.token >= 0:
             row = points.point_of(self.token, self.token_kind)
             row = row if row >= 0 else None
-            links = self.data.top_links(self.token, self.token_kind, self.layer, self.head, self.top_k, self.hide_special)
-        found = self.matches.ids if self.matches is not None else NO_MATCHES
-        return single.selection_layer(points, row, links, found)
+            links = self.data.top_links(
+                self.token, self.token_kind, self.layer, self.head, self.top_k, self.hide_special
+            )
+        return single.selection_layer(points, row, links)
 
     def _on_tap(self, points, show, x, y) -> None:
         if x is None or y is None:
@@ -282,13 +295,18 @@ class Dashboard(pn.viewable.Viewer):
             shading[positions] = line
         role = "query" if self.token_kind == "q" else "key"
         links = self.data.top_links(self.token, self.token_kind, self.layer, self.head, self.top_k, self.hide_special)
-        targets = ", ".join(f"{self.data.tokens['token'].iat[int(t)]} ({w:.2f})" for t, w in zip(links["id"], links["weight"], strict=True))
+        targets = ", ".join(
+            f"{self.data.tokens['token'].iat[int(t)]} ({w:.2f})"
+            for t, w in zip(links["id"], links["weight"], strict=True)
+        )
         verb = "attends most to" if self.token_kind == "q" else "is attended most by"
         heading = pn.pane.HTML(
             f"<div class='qk-token-title'><b>{html.escape(self.data.describe_token(self.token))}</b> as a {role}, "
             f"L{self.layer}H{self.head}</div><div class='qk-links'>{verb}: {html.escape(targets) or '-'}</div>"
         )
-        text = pn.pane.HTML(sentence.sentence_html(texts, shading, position, self.token_kind), css_classes=["qk-context"])
+        text = pn.pane.HTML(
+            sentence.sentence_html(texts, shading, position, self.token_kind), css_classes=["qk-context"]
+        )
         kept = [texts[p] for p in positions]
         selected = int(where[0]) if len(where) else None
         if self.sentence_style == "lines":
@@ -330,17 +348,24 @@ class Dashboard(pn.viewable.Viewer):
             pn.widgets.Checkbox.from_param(self.param.hide_special, name="hide special tokens (renormalise)"),
             pn.widgets.RadioButtonGroup.from_param(self.param.sentence_style, name="attention as"),
         )
-        return pn.Column(controls, self._sentence_text, pn.Row(self._model_view, self._sentence_head))
+        return pn.Column(
+            controls, _lazy(self._sentence_text), pn.Row(_lazy(self._model_view), _lazy(self._sentence_head))
+        )
 
     @param.depends("doc")
     @_guarded
     def _sentence_text(self):
-        return pn.pane.HTML(sentence.sentence_html(self.data.document_tokens(self.doc)["token"].astype(str).tolist(), None, None))
+        return pn.pane.HTML(
+            sentence.sentence_html(self.data.document_tokens(self.doc)["token"].astype(str).tolist(), None, None)
+        )
 
     @param.depends("doc", "hide_special")
     @_guarded
     def _model_view(self):
-        by_head = {(layer, head): self.data.attention(self.doc, layer, head, self.hide_special)[0] for layer, head in self.data.heads}
+        by_head = {
+            (layer, head): self.data.attention(self.doc, layer, head, self.hide_special)[0]
+            for layer, head in self.data.heads
+        }
         element, grid = sentence.model_view(by_head)
         tap = _tap_stream(element)
         tap.add_subscriber(lambda x, y: self._pick_sentence_head(grid, x, y))
@@ -356,13 +381,17 @@ class Dashboard(pn.viewable.Viewer):
     def _sentence_head(self):
         texts, weights, positions = self._document_attention(self.doc)
         kept = [texts[p] for p in positions]
-        plot = sentence.attention_lines(kept, weights) if self.sentence_style == "lines" else sentence.attention_heatmap(kept, weights)
+        plot = (
+            sentence.attention_lines(kept, weights)
+            if self.sentence_style == "lines"
+            else sentence.attention_heatmap(kept, weights)
+        )
         title = pn.pane.HTML(f"<b>L{self.layer}H{self.head}</b>, document {self.doc}")
         return pn.Column(title, pn.pane.HoloViews(plot))
 
     # -- aggregate -------------------------------------------------------------------------------------
     def _aggregate_tab(self):
-        return pn.Column(self._aggregate_view, self._aggregate_detail)
+        return pn.Column(_lazy(self._aggregate_view), _lazy(self._aggregate_detail))
 
     @_guarded
     def _aggregate_view(self):
@@ -385,7 +414,9 @@ class Dashboard(pn.viewable.Viewer):
 
     # -- image -------------------------------------------------------------------------------------------
     def _image_tab(self):
-        return pn.Column(pn.widgets.IntInput.from_param(self.param.doc, name="image", width=140), self._image_view)
+        return pn.Column(
+            pn.widgets.IntInput.from_param(self.param.doc, name="image", width=140), _lazy(self._image_view)
+        )
 
     @param.depends("doc", "token", "token_kind", "layer", "head", "hide_special")
     @_guarded
@@ -405,7 +436,8 @@ class Dashboard(pn.viewable.Viewer):
         tap = _tap_stream(element)
         tap.add_subscriber(lambda x, y: self._pick_patch(tokens, n_prefix, grid, x, y))
         name = tokens["token"].iat[position]
-        caption = pn.pane.HTML(f"<b>{html.escape(str(tokens['image'].iat[0]))}</b>: {html.escape(name)}'s attention, L{self.layer}H{self.head}")
+        title = html.escape(str(tokens["image"].iat[0]))
+        caption = pn.pane.HTML(f"<b>{title}</b>: {html.escape(name)}'s attention, L{self.layer}H{self.head}")
         return pn.Column(caption, pn.pane.HoloViews(element, css_classes=["qk-image"]))
 
     def _pick_patch(self, tokens, n_prefix, grid, x, y) -> None:
@@ -418,13 +450,27 @@ class Dashboard(pn.viewable.Viewer):
     def _metrics_tab(self):
         metrics = self.data.metrics
         if metrics is None:
-            raise QKScaleError(f"this store has no head metrics yet; compute them with `qkscale metrics {self.store.path}`")
+            raise QKScaleError(
+                f"this store has no head metrics yet; compute them with `qkscale metrics {self.store.path}`"
+            )
         table = pn.widgets.Tabulator(
-            metrics.round(4), disabled=True, selectable=1, show_index=False, pagination="local", page_size=24,
+            metrics.round(4),
+            disabled=True,
+            selectable=1,
+            show_index=False,
+            pagination="local",
+            page_size=24,
             css_classes=["qk-metrics"],
         )
-        table.on_click(lambda event: self.open_head(int(metrics["layer"].iat[event.row]), int(metrics["head"].iat[event.row])))
+        table.on_click(
+            lambda event: self.open_head(int(metrics["layer"].iat[event.row]), int(metrics["head"].iat[event.row]))
+        )
         return pn.Column(pn.pane.HTML("Click a row to open that head; click a column title to sort."), table)
+
+
+def _lazy(method):
+    """A view evaluated only once it is shown (hidden tabs cost nothing until opened)."""
+    return pn.param.ParamMethod(method, lazy=True)
 
 
 def _tap_stream(element):

@@ -125,7 +125,9 @@ class DashboardData:
         frame["rel_position"] = tokens["rel_position"].to_numpy()[ids]
         frame["norm"] = np.where(is_key, norms["k"][ids], norms["q"][ids])
         frame["doc"] = tokens["doc"].to_numpy()[ids]
-        frame["doc_colour"] = pd.Categorical.from_codes((frame["doc"].to_numpy() % 10).astype(np.int8), [str(i) for i in range(10)])
+        frame["doc_colour"] = pd.Categorical.from_codes(
+            (frame["doc"].to_numpy() % 10).astype(np.int8), [str(i) for i in range(10)]
+        )
         frame["position"] = tokens["position"].to_numpy()[ids]
         frame["token"] = self.vocabulary[ids]
         frame["context"] = self.contexts[ids]

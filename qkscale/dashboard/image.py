@@ -34,7 +34,11 @@ def image_view(thumbnail_jpeg: bytes, grid: tuple[int, int], weights: np.ndarray
         r, c = patch
         layers.append(hv.Rectangles([(c, -r - 1, c + 1, -r)]).opts(fill_alpha=0, line_color="cyan", line_width=3))
     return hv.Overlay(layers).opts(
-        width=480, height=int(480 * rows / columns), xaxis=None, yaxis=None, toolbar=None,
+        width=480,
+        height=int(480 * rows / columns),
+        xaxis=None,
+        yaxis=None,
+        toolbar=None,
         title="click a patch: shading = its attention",
     )
 

@@ -24,7 +24,11 @@ def sentence_html(texts: list[str], weights: np.ndarray | None, selected: int | 
         title = "" if weights is None else f' title="{alpha:.3f}"'
         spans.append(f'<span class="qk-token" style="{style}"{title}>{html.escape(text)}</span>')
     what = "attends to" if kind == "q" else "is attended by"
-    legend = "" if selected is None else f"<div style='color:#666'>shading: how much the selected token {what} each token</div>"
+    legend = (
+        ""
+        if selected is None
+        else f"<div style='color:#666'>shading: how much the selected token {what} each token</div>"
+    )
     return f"<div class='qk-sentence' style='line-height: 1.9'>{' '.join(spans)}</div>{legend}"
 
 
@@ -100,7 +104,9 @@ def model_view(attention_by_head: dict[tuple[int, int], np.ndarray]):
     tiles = {h: _tile(w) for h, w in attention_by_head.items()}
     canvas, bounds = compose_tiles(grid, tiles, np.nan)
     n_columns, n_rows = int(bounds[2]), int(bounds[3])
-    image = hv.Image(canvas, bounds=bounds).opts(cmap="Blues", clim=(0, 1), tools=["tap"], clipping_colors={"NaN": "white"})
+    image = hv.Image(canvas, bounds=bounds).opts(
+        cmap="Blues", clim=(0, 1), tools=["tap"], clipping_colors={"NaN": "white"}
+    )
     element = (image * tile_labels(grid, {h: f"L{h[0]}H{h[1]}" for h in heads})).opts(
         width=min(1100, 70 * n_columns + 40),
         height=min(900, 70 * n_rows + 60),

@@ -120,10 +120,7 @@ def shade_points(
     import datashader.transfer_functions as tf
 
     canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
-    if colouring.categorical:
-        reduction = ds.count_cat(colouring.column)
-    else:
-        reduction = ds.mean(colouring.column)
+    reduction = ds.count_cat(colouring.column) if colouring.categorical else ds.mean(colouring.column)
     agg = canvas.points(frame, "x", "y", agg=ds.summary(colour=reduction, row=ds.max("row")))
     if colouring.categorical:
         image = tf.shade(agg["colour"], color_key=colouring.colours, how="eq_hist", min_alpha=80)
@@ -207,14 +204,22 @@ def embedding_3d(points: HeadPoints, show: tuple[str, ...], colouring: Colouring
         marker.update(color=frame[colouring.column].to_numpy(), colorscale=colouring.cmap.capitalize(), showscale=True)
     figure = go.Figure(
         go.Scatter3d(
-            x=frame["x"], y=frame["y"], z=frame["z"], mode="markers", marker=marker,
-            text=hover, hoverinfo="text", customdata=frame["id"].to_numpy(),
+            x=frame["x"],
+            y=frame["y"],
+            z=frame["z"],
+            mode="markers",
+            marker=marker,
+            text=hover,
+            hoverinfo="text",
+            customdata=frame["id"].to_numpy(),
         )
     )
     shown = f"{len(frame):,} of {len(visible_points(points, show)):,} points"
     figure.update_layout(
         title=f"L{points.layer}H{points.head} · {points.method} 3D · {shown}",
-        width=PLOT_SIZE, height=PLOT_SIZE, margin={"l": 0, "r": 0, "t": 40, "b": 0},
+        width=PLOT_SIZE,
+        height=PLOT_SIZE,
+        margin={"l": 0, "r": 0, "t": 40, "b": 0},
     )
     return figure
 
@@ -230,18 +235,34 @@ def nearest_point(points: HeadPoints, show: tuple[str, ...], x: float, y: float)
     return int(np.argmin(distance))
 
 
-def selection_layer(points: HeadPoints | None, row: int | None, links: pd.DataFrame | None, found: np.ndarray):
-    """Overlay: search matches, the clicked point, and lines to its top-k attended tokens.
+MATCH_COLOUR = "#e41a1c"
 
-    Always the same four layers (empty where nothing is selected), as a DynamicMap requires.
+
+def match_points(points: HeadPoints, found: np.ndarray):
+    """The queries and keys of the tokens in ``found`` (search matches) as points."""
+    import holoviews as hv
+
+    rows = np.concatenate([points.rows["q"][found], points.rows["k"][found]])
+    return hv.Points(points.frame.iloc[np.sort(rows[rows >= 0])], ["x", "y"])
+
+
+def matches_layer(match_element):
+    """Search matches, datashaded like the embedding (any number of them) and grown to stay visible."""
+    from holoviews.operation.datashader import datashade, dynspread
+
+    shaded = datashade(match_element, cmap=[MATCH_COLOUR, MATCH_COLOUR], min_alpha=255)
+    return dynspread(shaded, threshold=0.9, max_px=4)
+
+
+def selection_layer(points: HeadPoints | None, row: int | None, links: pd.DataFrame | None):
+    """Overlay: the clicked point and lines to its top-k attended tokens.
+
+    Always the same three layers (empty where nothing is selected), as a DynamicMap requires.
     """
     import holoviews as hv
 
     empty = pd.DataFrame({"x": [], "y": [], "token": []})
-    hits, segments, ends, star = empty, [], empty, empty
-    if points is not None and len(found):
-        rows = np.concatenate([points.rows["q"][found], points.rows["k"][found]])
-        hits = points.frame.iloc[rows[rows >= 0]]
+    segments, ends, star = [], empty, empty
     if points is not None and row is not None and links is not None:
         frame = points.frame
         star = frame.iloc[[row]]
@@ -253,7 +274,6 @@ def selection_layer(points: HeadPoints | None, row: int | None, links: pd.DataFr
         ends = frame.iloc[[t for t, _ in targets]]
     return hv.Overlay(
         [
-            hv.Points(hits, ["x", "y"], ["token"]).opts(color="#e41a1c", size=4, line_color="black", line_width=0.5),
             hv.Segments(segments, ["x0", "y0", "x1", "y1"], ["weight"]).opts(
                 color="black", line_width=hv.dim("weight") * 6 + 1, alpha=0.8
             ),
