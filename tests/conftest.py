@@ -212,6 +212,22 @@ def builtin_store(tmp_path_factory):
     )
 
 
+@pytest.fixture(scope="session")
+def dashboard_store(tmp_path_factory):
+    """MiniLM over 40 builtin documents, every head projected by PCA, layer 1 by UMAP too, with metrics."""
+    import qkscale
+    from qkscale.metrics import compute_metrics
+    from qkscale.project import project
+
+    store = qkscale.extract(
+        out=tmp_path_factory.mktemp("dashboard") / "store", limit_docs=40, docs_per_shard=20, progress=False
+    )
+    project(store, method="pca", progress=False)
+    project(store, method="umap", layers=[1], heads=[0, 1], sample=400, progress=False)
+    compute_metrics(store, progress=False)
+    return store
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run the real `qkscale` entry point in-process; returns (exit code, stdout, stderr)."""

@@ -7,7 +7,7 @@ import pandas as pd
 
 def offset_heatmap(profiles: pd.DataFrame):
     """Heads (rows, ``L{layer}H{head}``) by relative offset (columns): mean attention mass."""
-    import holoviews as hv
+    from qkscale.dashboard.plotting import hv
 
     cells = [(offset, head, float(profiles.at[head, offset])) for head in profiles.index for offset in profiles.columns]
     return hv.HeatMap(cells, ["offset (key - query)", "head"], "mass").opts(
@@ -23,7 +23,7 @@ def offset_heatmap(profiles: pd.DataFrame):
 
 def offset_bars(profiles: pd.DataFrame, label: str):
     """One head's offset profile as bars."""
-    import holoviews as hv
+    from qkscale.dashboard.plotting import hv
 
     row = profiles.loc[label]
     return hv.Bars(list(zip(profiles.columns, row.to_numpy(), strict=True)), "offset (key - query)", "mass").opts(

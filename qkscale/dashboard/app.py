@@ -112,10 +112,11 @@ class Dashboard(pn.viewable.Viewer):
     # -- matrix --------------------------------------------------------------------------------
     def _matrix_tab(self):
         controls = pn.Row(
-            pn.widgets.Select.from_param(self.param.method, name="projection"),
-            pn.widgets.Select.from_param(self.param.dims, name="dims"),
-            pn.widgets.Select.from_param(self.param.ordering, name="order"),
-            pn.widgets.Select.from_param(self.param.label_metric, name="label with metric"),
+            pn.widgets.Select.from_param(self.param.method, label="projection"),
+            pn.widgets.Select.from_param(self.param.dims, label="dims"),
+            pn.widgets.Select.from_param(self.param.ordering, label="order"),
+            pn.widgets.Select.from_param(self.param.label_metric, label="label with metric"),
+            css_classes=["qk-matrix-controls"],
         )
         return pn.Column(controls, _lazy(self._matrix_view))
 
@@ -139,7 +140,7 @@ class Dashboard(pn.viewable.Viewer):
             self.data.metrics,
             self.label_metric,
         )
-        pane = pn.pane.HoloViews(element, css_classes=["qk-matrix"])
+        pane = _plot(element, css_classes=["qk-matrix"])
         tap = _tap_stream(element)
         tap.add_subscriber(lambda x, y: self._open_tile(grid, x, y))
         n = len(grid)
@@ -157,9 +158,9 @@ class Dashboard(pn.viewable.Viewer):
     def _single_tab(self):
         stored = {f"L{layer}": layer for layer in self.store.layers}
         nav = pn.Row(
-            pn.widgets.Select.from_param(self.param.layer, options=stored, name="layer", width=90),
+            pn.widgets.Select.from_param(self.param.layer, options=stored, label="layer", width=90),
             pn.widgets.Select.from_param(
-                self.param.head, options=list(range(self.store.n_heads)), name="head", width=80
+                self.param.head, options=list(range(self.store.n_heads)), label="head", width=80
             ),
             self._button("◀ head", lambda: self._step(0, -1)),
             self._button("head ▶", lambda: self._step(0, 1)),
@@ -167,28 +168,28 @@ class Dashboard(pn.viewable.Viewer):
             self._button("layer ▼", lambda: self._step(1, 0)),
         )
         view = pn.Row(
-            pn.widgets.Select.from_param(self.param.method, name="projection", width=110),
-            pn.widgets.RadioButtonGroup.from_param(self.param.dims, name="dims"),
-            pn.widgets.Select.from_param(self.param.colour, name="colour by", width=150),
-            pn.widgets.CheckButtonGroup.from_param(self.param.show, name="show", options={"queries": "q", "keys": "k"}),
+            pn.widgets.Select.from_param(self.param.method, label="projection", width=110),
+            pn.widgets.RadioButtonGroup.from_param(self.param.dims, label="dims"),
+            pn.widgets.Select.from_param(self.param.colour, label="colour by", width=150),
+            pn.widgets.CheckButtonGroup.from_param(self.param.show, label="show", options={"queries": "q", "keys": "k"}),
         )
         search = pn.Row(
             pn.widgets.TextInput.from_param(
-                self.param.search_text, name="search tokens", placeholder="e.g. the, ^un, ##ing"
+                self.param.search_text, label="search tokens", placeholder="e.g. the, ^un, ##ing"
             ),
-            pn.widgets.RadioButtonGroup.from_param(self.param.search_mode, name="mode"),
+            pn.widgets.RadioButtonGroup.from_param(self.param.search_mode, label="mode"),
             self._search_summary,
         )
         links = pn.Row(
-            pn.widgets.IntInput.from_param(self.param.top_k, name="top-k lines", width=100),
-            pn.widgets.Checkbox.from_param(self.param.hide_special, name="hide special tokens (renormalise)"),
-            pn.widgets.RadioButtonGroup.from_param(self.param.sentence_style, name="attention as"),
+            pn.widgets.IntInput.from_param(self.param.top_k, label="top-k lines", width=100),
+            pn.widgets.Checkbox.from_param(self.param.hide_special, label="hide special tokens (renormalise)"),
+            pn.widgets.RadioButtonGroup.from_param(self.param.sentence_style, label="attention as"),
         )
         details = pn.Column(_lazy(self._token_details), width=520)
         return pn.Column(nav, view, search, links, pn.Row(pn.Column(self._legend, _lazy(self._embedding)), details))
 
     def _button(self, label: str, action: Callable[[], None]):
-        button = pn.widgets.Button(name=label, width=80, css_classes=["qk-nav"])
+        button = pn.widgets.Button(label=label, width=80, css_classes=["qk-nav"])
         button.on_click(lambda event: action())
         return button
 
@@ -221,7 +222,7 @@ class Dashboard(pn.viewable.Viewer):
             figure = single.embedding_3d(points, show, colouring)
             pane = pn.pane.Plotly(figure, css_classes=["qk-embedding"])
             pane.param.watch(lambda event: self._on_3d_click(points, event.new), "click_data")
-            return pane
+            return pn.Column(self._head_title(points, len(single.sample_3d(points, show))), pane)
         embedding = single.embedding_2d(points, show, colouring)
         matches = hv_dynamic(lambda **_: single.match_points(points, self._match_ids()), self, ["search_version"])
         overlay = hv_dynamic(
@@ -229,7 +230,14 @@ class Dashboard(pn.viewable.Viewer):
         )
         tap = _tap_stream(embedding)
         tap.add_subscriber(lambda x, y: self._on_tap(points, show, x, y))
-        return pn.pane.HoloViews(embedding * single.matches_layer(matches) * overlay, css_classes=["qk-embedding"])
+        x_range, y_range = single.extent(points)  # empty overlays must not widen the view
+        layers = (embedding * single.matches_layer(matches) * overlay).opts(xlim=x_range, ylim=y_range)
+        plot = _plot(layers, css_classes=["qk-embedding"])
+        return pn.Column(self._head_title(points, len(single.visible_points(points, show))), plot)
+
+    def _head_title(self, points, shown: int):
+        text = f"L{points.layer}H{points.head} · {points.method} {points.dims}D · {shown:,} points"
+        return pn.pane.HTML(f"<b class='qk-head-title'>{text}</b>")
 
     def _match_ids(self) -> np.ndarray:
         return self.matches.ids if self.matches is not None else NO_MATCHES
@@ -313,7 +321,7 @@ class Dashboard(pn.viewable.Viewer):
             plot = sentence.attention_lines(kept, weights, selected, self.token_kind)
         else:
             plot = sentence.attention_heatmap(kept, weights)
-        return pn.Column(heading, text, pn.pane.HoloViews(plot, css_classes=["qk-attention"]))
+        return pn.Column(heading, text, _plot(plot, css_classes=["qk-attention"]))
 
     def _document_attention(self, doc: int, layer: int | None = None, head: int | None = None):
         tokens = self.data.document_tokens(doc)
@@ -326,9 +334,9 @@ class Dashboard(pn.viewable.Viewer):
     def _sentence_tab(self):
         docs = self.data.store.documents
         picker = pn.widgets.IntInput.from_param(
-            self.param.doc, name="document", start=int(docs["doc"].min()), end=int(docs["doc"].max()), width=140
+            self.param.doc, label="document", start=int(docs["doc"].min()), end=int(docs["doc"].max()), width=140
         )
-        finder = pn.widgets.TextInput(name="or type words from a document", placeholder="find a document", width=300)
+        finder = pn.widgets.TextInput(label="or type words from a document", placeholder="find a document", width=300)
         found = pn.pane.HTML("", css_classes=["qk-find"])
 
         def find(event) -> None:
@@ -345,8 +353,8 @@ class Dashboard(pn.viewable.Viewer):
             picker,
             finder,
             found,
-            pn.widgets.Checkbox.from_param(self.param.hide_special, name="hide special tokens (renormalise)"),
-            pn.widgets.RadioButtonGroup.from_param(self.param.sentence_style, name="attention as"),
+            pn.widgets.Checkbox.from_param(self.param.hide_special, label="hide special tokens (renormalise)"),
+            pn.widgets.RadioButtonGroup.from_param(self.param.sentence_style, label="attention as"),
         )
         return pn.Column(
             controls, _lazy(self._sentence_text), pn.Row(_lazy(self._model_view), _lazy(self._sentence_head))
@@ -369,7 +377,7 @@ class Dashboard(pn.viewable.Viewer):
         element, grid = sentence.model_view(by_head)
         tap = _tap_stream(element)
         tap.add_subscriber(lambda x, y: self._pick_sentence_head(grid, x, y))
-        return pn.pane.HoloViews(element, css_classes=["qk-model-view"])
+        return _plot(element, css_classes=["qk-model-view"])
 
     def _pick_sentence_head(self, grid, x, y) -> None:
         head = matrix.head_at(grid, x, y) if x is not None and y is not None else None
@@ -387,7 +395,7 @@ class Dashboard(pn.viewable.Viewer):
             else sentence.attention_heatmap(kept, weights)
         )
         title = pn.pane.HTML(f"<b>L{self.layer}H{self.head}</b>, document {self.doc}")
-        return pn.Column(title, pn.pane.HoloViews(plot))
+        return pn.Column(title, _plot(plot))
 
     # -- aggregate -------------------------------------------------------------------------------------
     def _aggregate_tab(self):
@@ -399,7 +407,7 @@ class Dashboard(pn.viewable.Viewer):
         element = aggregate.offset_heatmap(profiles)
         tap = _tap_stream(element)
         tap.add_subscriber(lambda x, y: y is not None and self.param.update(aggregate_head=str(y)))
-        return pn.pane.HoloViews(element)
+        return _plot(element)
 
     @param.depends("aggregate_head")
     @_guarded
@@ -408,14 +416,14 @@ class Dashboard(pn.viewable.Viewer):
             return pn.pane.HTML("<i>Click a head's row to see its profile.</i>")
         label = self.aggregate_head
         layer, head = (int(part) for part in label[1:].split("H"))
-        button = pn.widgets.Button(name=f"open {label} in the single view")
+        button = pn.widgets.Button(label=f"open {label} in the single view")
         button.on_click(lambda event: self.open_head(layer, head))
-        return pn.Column(pn.pane.HoloViews(aggregate.offset_bars(self.store.offset_profiles, label)), button)
+        return pn.Column(_plot(aggregate.offset_bars(self.store.offset_profiles, label)), button)
 
     # -- image -------------------------------------------------------------------------------------------
     def _image_tab(self):
         return pn.Column(
-            pn.widgets.IntInput.from_param(self.param.doc, name="image", width=140), _lazy(self._image_view)
+            pn.widgets.IntInput.from_param(self.param.doc, label="image", width=140), _lazy(self._image_view)
         )
 
     @param.depends("doc", "token", "token_kind", "layer", "head", "hide_special")
@@ -438,7 +446,7 @@ class Dashboard(pn.viewable.Viewer):
         name = tokens["token"].iat[position]
         title = html.escape(str(tokens["image"].iat[0]))
         caption = pn.pane.HTML(f"<b>{title}</b>: {html.escape(name)}'s attention, L{self.layer}H{self.head}")
-        return pn.Column(caption, pn.pane.HoloViews(element, css_classes=["qk-image"]))
+        return pn.Column(caption, _plot(element, css_classes=["qk-image"]))
 
     def _pick_patch(self, tokens, n_prefix, grid, x, y) -> None:
         patch = image.patch_at(grid, x, y) if x is not None and y is not None else None
@@ -468,27 +476,32 @@ class Dashboard(pn.viewable.Viewer):
         return pn.Column(pn.pane.HTML("Click a row to open that head; click a column title to sort."), table)
 
 
+def _plot(element, **params):
+    """A HoloViews pane whose axes are its own (Panel links axes of same-named dimensions by default)."""
+    return pn.pane.HoloViews(element, linked_axes=False, **params)
+
+
 def _lazy(method):
     """A view evaluated only once it is shown (hidden tabs cost nothing until opened)."""
     return pn.param.ParamMethod(method, lazy=True)
 
 
 def _tap_stream(element):
-    import holoviews as hv
+    from qkscale.dashboard.plotting import hv
 
     return hv.streams.Tap(source=element, x=None, y=None)
 
 
 def hv_dynamic(callback, owner: param.Parameterized, names: list[str]):
     """A DynamicMap redrawn whenever one of ``owner``'s parameters ``names`` changes."""
-    import holoviews as hv
+    from qkscale.dashboard.plotting import hv
 
     return hv.DynamicMap(callback, streams=[hv.streams.Params(owner, names)])
 
 
 def app(store, data: DashboardData | None = None) -> Dashboard:
     """The dashboard of ``store`` (a path or Store) as a Panel viewable: ``.servable()``, or show it in a notebook."""
-    import holoviews as hv
+    from qkscale.dashboard.plotting import hv
 
     pn.extension("tabulator", "plotly")
     hv.extension("bokeh", logo=False)

@@ -19,7 +19,7 @@ def image_view(thumbnail_jpeg: bytes, grid: tuple[int, int], weights: np.ndarray
 
     ``weights`` holds one value per patch, row-major (the selected token's attention over patches).
     """
-    import holoviews as hv
+    from qkscale.dashboard.plotting import hv
     from PIL import Image
 
     rows, columns = grid

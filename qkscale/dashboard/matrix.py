@@ -14,7 +14,8 @@ from qkscale.store import Store
 TILE = 1.0  # data units per tile; tiles sit on an integer grid (column = head, row = layer)
 GAP = 0.06
 ORDERINGS = ("layer / head", "head similarity")
-_MISSING = np.full((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS, 4), (235, 235, 235, 255), np.uint8)
+TILE_BACKGROUND = (245, 245, 245, 255)  # light grey: each tile stands out from the white gaps
+MISSING_TILE = (215, 215, 215, 255)  # darker grey, no points: this head has no such projection
 
 
 def tile_grid(heads: list[tuple[int, int]], columns: int | None = None) -> dict[tuple[int, int], tuple[int, int]]:
@@ -70,7 +71,7 @@ def compose_tiles(grid: dict, images: dict, background) -> tuple[np.ndarray, tup
 
 def tile_labels(grid: dict, text: dict[tuple[int, int], str]):
     """An ``hv.Labels`` with each head's text at the top left of its tile."""
-    import holoviews as hv
+    from qkscale.dashboard.plotting import hv
 
     labels = [(column * TILE + GAP, (row + 1) * TILE - GAP, text[head]) for head, (column, row) in grid.items()]
     return hv.Labels(labels, ["x", "y"], "text").opts(
@@ -89,18 +90,18 @@ def matrix_element(
     metric: str | None = None,
 ):
     """Every head's thumbnail (grey where not projected) on one RGB canvas, with L/H and metric labels."""
-    import holoviews as hv
+    from qkscale.dashboard.plotting import hv
     from PIL import Image
 
     order = ordered_heads(heads, ordering, metrics)
     grid = tile_grid(order, store.n_heads if ordering == "head similarity" else None)
     images = {}
     for layer, head in order:
+        tile = Image.new("RGBA", (THUMBNAIL_PIXELS, THUMBNAIL_PIXELS), MISSING_TILE)
         if (layer, head) in projected:
-            png = thumbnail(store, layer, head, method, dims)
-            images[(layer, head)] = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
-        else:
-            images[(layer, head)] = _MISSING
+            png = Image.open(io.BytesIO(thumbnail(store, layer, head, method, dims))).convert("RGBA")
+            tile = Image.alpha_composite(Image.new("RGBA", png.size, TILE_BACKGROUND), png)
+        images[(layer, head)] = np.asarray(tile)
     canvas, bounds = compose_tiles(grid, images, (255, 255, 255, 255))
     extra = metric_label(metrics, metric)
     text = {h: f"L{h[0]}H{h[1]}{extra.get(h, '')}" for h in order}

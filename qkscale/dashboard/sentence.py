@@ -34,7 +34,7 @@ def sentence_html(texts: list[str], weights: np.ndarray | None, selected: int | 
 
 def attention_lines(texts: list[str], weights: np.ndarray, selected: int | None = None, kind: str = "q"):
     """BertViz-style lines: queries on the left, keys on the right, line opacity = attention weight."""
-    import holoviews as hv
+    from qkscale.dashboard.plotting import hv
 
     n = len(texts)
     rows, cols = np.nonzero(weights > 0.01)
@@ -65,7 +65,7 @@ def attention_lines(texts: list[str], weights: np.ndarray, selected: int | None 
 
 def attention_heatmap(texts: list[str], weights: np.ndarray):
     """The document's ``[T, T]`` attention as a heatmap: rows are queries, columns keys."""
-    import holoviews as hv
+    from qkscale.dashboard.plotting import hv
 
     n = len(texts)
     labels = [f"{i}:{t}" for i, t in enumerate(texts)]
@@ -97,7 +97,7 @@ def model_view(attention_by_head: dict[tuple[int, int], np.ndarray]):
 
     Returns the element and the grid for :func:`qkscale.dashboard.matrix.head_at`.
     """
-    import holoviews as hv
+    from qkscale.dashboard.plotting import hv
 
     heads = list(attention_by_head)
     grid = tile_grid(heads)

@@ -103,6 +103,11 @@ def padded_range(values: np.ndarray, margin: float = 0.03) -> tuple[float, float
     return low - pad, high + pad
 
 
+def extent(points: HeadPoints) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The x and y ranges that show every point of the head."""
+    return padded_range(points.frame["x"].to_numpy()), padded_range(points.frame["y"].to_numpy())
+
+
 def shade_points(
     frame: pd.DataFrame,
     colouring: Colouring,
@@ -139,7 +144,7 @@ def _palette(name: str) -> list[str]:
 
 def raster_element(points: HeadPoints, frame: pd.DataFrame, colouring: Colouring, x_range, y_range, width, height):
     """An ``hv.RGB`` of the shaded points whose server-side hover shows the token under the cursor."""
-    import holoviews as hv
+    from qkscale.dashboard.plotting import hv
     import xarray as xr
 
     image, rows = shade_points(frame, colouring, x_range, y_range, width, height)
@@ -158,10 +163,10 @@ def raster_element(points: HeadPoints, frame: pd.DataFrame, colouring: Colouring
 
 def embedding_2d(points: HeadPoints, show: tuple[str, ...], colouring: Colouring):
     """The 2D embedding, datashaded on the server and re-aggregated on every zoom, pan and resize."""
-    import holoviews as hv
+    from qkscale.dashboard.plotting import hv
 
     frame = visible_points(points, show)
-    x_start, y_start = padded_range(points.frame["x"].to_numpy()), padded_range(points.frame["y"].to_numpy())
+    x_start, y_start = extent(points)
 
     def render(x_range=None, y_range=None, width=None, height=None, scale=1.0):
         width, height = max(int(width or PLOT_SIZE), 50), max(int(height or PLOT_SIZE), 50)
@@ -240,7 +245,7 @@ MATCH_COLOUR = "#e41a1c"
 
 def match_points(points: HeadPoints, found: np.ndarray):
     """The queries and keys of the tokens in ``found`` (search matches) as points."""
-    import holoviews as hv
+    from qkscale.dashboard.plotting import hv
 
     rows = np.concatenate([points.rows["q"][found], points.rows["k"][found]])
     return hv.Points(points.frame.iloc[np.sort(rows[rows >= 0])], ["x", "y"])
@@ -259,7 +264,7 @@ def selection_layer(points: HeadPoints | None, row: int | None, links: pd.DataFr
 
     Always the same three layers (empty where nothing is selected), as a DynamicMap requires.
     """
-    import holoviews as hv
+    from qkscale.dashboard.plotting import hv
 
     empty = pd.DataFrame({"x": [], "y": [], "token": []})
     segments, ends, star = [], empty, empty
