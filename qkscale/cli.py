@@ -200,11 +200,12 @@ def serve(
         typer.Option(help="HOST:PORT a browser may connect from (repeatable), e.g. behind an SSH tunnel or proxy."),
     ] = None,
     show: Annotated[bool, typer.Option("--show", help="Open the dashboard in a browser.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Log the time of every zoom's re-aggregation.")] = False,
 ) -> None:
     """Serve the dashboard (matrix, single-head, sentence, aggregate, image, metrics views) of a store."""
     from qkscale.dashboard.server import serve as serve_store
 
-    serve_store(store, port, address, allow_websocket_origin, show)
+    serve_store(store, port, address, allow_websocket_origin, show, verbose)
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:

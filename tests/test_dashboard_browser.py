@@ -7,11 +7,7 @@ appear, runs a search, and saves a screenshot. Only the app is served: store fil
 
 from __future__ import annotations
 
-import io
 import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,86 +17,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sync_api = pytest.importorskip("playwright.sync_api")
+from qkscale.dashboard import browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+pytest.importorskip("playwright.sync_api")
+
 TIMEOUT_MS = 90_000
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+pytestmark = pytest.mark.skipif(
+    not Path(browser.CHROMIUM).exists(), reason=f"{browser.CHROMIUM} is not installed (apt-get install chromium)"
+)
 
 
 @pytest.fixture(scope="module")
 def server(dashboard_store, tmp_path_factory):
-    """`qkscale serve` on a free port, as a user starts it; stopped after the module."""
-    port = _free_port()
-    command = [sys.executable, "-m", "qkscale.cli", "serve", str(dashboard_store.path), "--port", str(port)]
+    """`qkscale serve` on a free port; the log must hold no traceback when it stops."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"qkscale serve exited with {process.returncode}: {log.read_text()}")
-        try:
-            urllib.request.urlopen(url, timeout=5).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("qkscale serve did not answer within 120 s")
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    with browser.served(dashboard_store.path, log) as (url, _):
+        yield url
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
 @pytest.fixture
 def page(tmp_path):
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),  # a fresh --user-data-dir
-            executable_path=CHROMIUM,
-            args=CHROMIUM_FLAGS,
-            headless=True,
-            viewport={"width": 1500, "height": 1100},
-        )
-        try:
-            yield browser.new_page()
-        finally:
-            browser.close()
-
-
-def _png(locator) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB")).astype(int)
-
-
-def _runs(mask: np.ndarray, min_length: int) -> list[tuple[int, int]]:
-    """Start and end of each run of True at least ``min_length`` long."""
-    edges = np.flatnonzero(np.diff(np.r_[0, mask.astype(int), 0]))
-    return [(a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a >= min_length]
-
-
-def _blue_and_orange(pixels: np.ndarray) -> tuple[int, int]:
-    red, blue = pixels[..., 0], pixels[..., 2]
-    return int((blue > red + 60).sum()), int((red > blue + 60).sum())
+    with browser.chromium(tmp_path / "chromium-profile") as context:  # a fresh --user-data-dir
+        yield context.new_page()
 
 
 def test_nothing_but_the_app_is_served(server, dashboard_store):
@@ -122,15 +62,10 @@ def test_matrix_head_point_and_search_in_a_real_browser(server, page, dashboard_
     page.get_by_text("72 with a pca-2d projection").wait_for(timeout=TIMEOUT_MS)
     time.sleep(1.5)
     canvas = page.locator(".qk-matrix canvas").first
-    pixels = _png(canvas)
-    tiles = (pixels < 250).any(axis=2)
-    rows = _runs(tiles.mean(axis=1) > 0.5, 30)
-    columns = _runs(tiles.mean(axis=0) > 0.3, 30)
+    pixels = browser.pixels(canvas)
+    rows, columns = browser.tile_cells(pixels)
     assert (len(rows), len(columns)) == (store.n_layers, store.n_heads)
-    for top, bottom in rows:
-        for left, right in columns:
-            blue, orange = _blue_and_orange(pixels[top:bottom, left:right])
-            assert blue > 5 and orange > 5, (top, left)
+    assert browser.painted_tiles(pixels) == store.n_layers * store.n_heads
 
     # A click on the tile of layer 2, head 3 opens that head.
     box = canvas.bounding_box()
@@ -143,7 +78,7 @@ def test_matrix_head_point_and_search_in_a_real_browser(server, page, dashboard_
     time.sleep(1.5)
 
     # A click on a drawn point shows its token in its sentence and the sentence's attention.
-    pixels = _png(embedding)
+    pixels = browser.pixels(embedding)
     ys, xs = np.nonzero((pixels < 200).any(axis=2))
     middle = np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2)
     box = embedding.bounding_box()

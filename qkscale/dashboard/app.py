@@ -171,7 +171,9 @@ class Dashboard(pn.viewable.Viewer):
             pn.widgets.Select.from_param(self.param.method, label="projection", width=110),
             pn.widgets.RadioButtonGroup.from_param(self.param.dims, label="dims"),
             pn.widgets.Select.from_param(self.param.colour, label="colour by", width=150),
-            pn.widgets.CheckButtonGroup.from_param(self.param.show, label="show", options={"queries": "q", "keys": "k"}),
+            pn.widgets.CheckButtonGroup.from_param(
+                self.param.show, label="show", options={"queries": "q", "keys": "k"}
+            ),
         )
         search = pn.Row(
             pn.widgets.TextInput.from_param(

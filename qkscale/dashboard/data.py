@@ -83,10 +83,14 @@ class DashboardData:
         """Which heads have which projections (read fresh: `qkscale project` may add some)."""
         return self.store.projections()
 
-    def methods(self, dims: int | None = None) -> list[str]:
-        """Projection methods present in the store, most useful first."""
-        found = {key.rsplit("-", 1)[0] for key in self.projections() if dims is None or key.endswith(f"-{dims}d")}
-        return sorted(found, key=lambda m: (DEFAULT_METHODS.index(m) if m in DEFAULT_METHODS else 99, m))
+    def methods(self) -> list[str]:
+        """Projection methods present in the store: the one covering the most heads first, then umap, tsne, pca."""
+        covered: dict[str, int] = {}
+        for key, heads in self.projections().items():
+            method = key.rsplit("-", 1)[0]
+            covered[method] = max(covered.get(method, 0), len(heads))
+        preference = {m: i for i, m in enumerate(DEFAULT_METHODS)}
+        return sorted(covered, key=lambda m: (-covered[m], preference.get(m, len(preference)), m))
 
     def has_projection(self, layer: int, head: int, method: str, dims: int) -> bool:
         return (layer, head) in self.projections().get(f"{method}-{dims}d", [])

@@ -19,8 +19,9 @@ def image_view(thumbnail_jpeg: bytes, grid: tuple[int, int], weights: np.ndarray
 
     ``weights`` holds one value per patch, row-major (the selected token's attention over patches).
     """
-    from qkscale.dashboard.plotting import hv
     from PIL import Image
+
+    from qkscale.dashboard.plotting import hv
 
     rows, columns = grid
     rgb = np.asarray(Image.open(io.BytesIO(thumbnail_jpeg)).convert("RGB"))

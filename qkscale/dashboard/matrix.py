@@ -90,8 +90,9 @@ def matrix_element(
     metric: str | None = None,
 ):
     """Every head's thumbnail (grey where not projected) on one RGB canvas, with L/H and metric labels."""
-    from qkscale.dashboard.plotting import hv
     from PIL import Image
+
+    from qkscale.dashboard.plotting import hv
 
     order = ordered_heads(heads, ordering, metrics)
     grid = tile_grid(order, store.n_heads if ordering == "head similarity" else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from qkscale.dashboard.data import DashboardData
@@ -28,8 +29,12 @@ def serve(
     address: str = DEFAULT_ADDRESS,
     allow_websocket_origin: list[str] | None = None,
     show: bool = False,
+    verbose: bool = False,
 ) -> None:
-    """Serve the dashboard of ``store`` until interrupted. Only the app is served: no file routes."""
+    """Serve the dashboard of ``store`` until interrupted. Only the app is served: no file routes.
+
+    ``verbose`` logs the server-side time of every re-aggregation of the single-head view.
+    """
     import panel as pn
 
     from qkscale.dashboard.app import app
@@ -39,6 +44,12 @@ def serve(
     data = prepare(store)
     origins = list(allow_websocket_origin or []) or [f"{address}:{port}", f"localhost:{port}"]
     logging.getLogger("bokeh").setLevel(logging.WARNING)
+    if verbose:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("qkscale: %(message)s"))
+        logger = logging.getLogger("qkscale.dashboard")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     print(f"qkscale: serving {data.store.path} at http://{address}:{port}/ (Ctrl-C to stop)", flush=True)
     pn.serve(
         {"/": lambda: app(store, data)},

@@ -8,6 +8,8 @@ so that the hover tooltip shows a real token and its context. 3D views use a sam
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +18,7 @@ import pandas as pd
 from qkscale.dashboard.data import HeadPoints
 from qkscale.dashboard.thumbnails import KEY_COLOR, QUERY_COLOR
 
+log = logging.getLogger(__name__)
 MAX_3D_POINTS = 100_000
 PLOT_SIZE = 640
 HOVER_COLUMNS = ["token", "kind", "doc", "position", "context", "id"]
@@ -144,8 +147,9 @@ def _palette(name: str) -> list[str]:
 
 def raster_element(points: HeadPoints, frame: pd.DataFrame, colouring: Colouring, x_range, y_range, width, height):
     """An ``hv.RGB`` of the shaded points whose server-side hover shows the token under the cursor."""
-    from qkscale.dashboard.plotting import hv
     import xarray as xr
+
+    from qkscale.dashboard.plotting import hv
 
     image, rows = shade_points(frame, colouring, x_range, y_range, width, height)
     rgba = image.to_numpy().view(np.uint8).reshape(height, width, 4)
@@ -170,7 +174,19 @@ def embedding_2d(points: HeadPoints, show: tuple[str, ...], colouring: Colouring
 
     def render(x_range=None, y_range=None, width=None, height=None, scale=1.0):
         width, height = max(int(width or PLOT_SIZE), 50), max(int(height or PLOT_SIZE), 50)
-        return raster_element(points, frame, colouring, x_range or x_start, y_range or y_start, width, height)
+        started = time.perf_counter()
+        element = raster_element(points, frame, colouring, x_range or x_start, y_range or y_start, width, height)
+        milliseconds = (time.perf_counter() - started) * 1000
+        log.info(
+            "L%dH%d: re-aggregated %d points into %dx%d px in %.0f ms",
+            points.layer,
+            points.head,
+            len(frame),
+            width,
+            height,
+            milliseconds,
+        )
+        return element
 
     streams = [hv.streams.RangeXY(x_range=x_start, y_range=y_start), hv.streams.PlotSize()]
     return hv.DynamicMap(render, streams=streams).opts(
