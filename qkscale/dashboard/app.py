@@ -7,6 +7,7 @@ shared by all sessions.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import traceback
 from collections.abc import Callable
@@ -20,7 +21,8 @@ from qkscale.dashboard.data import DashboardData
 from qkscale.dashboard.tokens import SEARCH_MODES, SearchResult
 from qkscale.errors import QKScaleError
 
-TABS = ["Matrix", "Single head", "Sentence", "Aggregate", "Metrics"]
+TABS = ["Matrix", "Single head", "Sentence", "Aggregate", "Metrics"]  # + "Image" before Metrics for images
+URL_PARAMETERS = ("tab", "layer", "head", "method", "dims", "colour", "doc")
 NO_MATCHES = np.empty(0, np.int64)
 
 
@@ -61,6 +63,7 @@ class Dashboard(pn.viewable.Viewer):
     search_mode = param.Selector(default="exact", objects=list(SEARCH_MODES))
     search_version = param.Integer(default=0)
     aggregate_head = param.String(default="")
+    tab = param.Integer(default=0, doc="the open tab")
 
     def __init__(self, data: DashboardData, **params):
         self.data = data
@@ -83,27 +86,48 @@ class Dashboard(pn.viewable.Viewer):
 
     # -- layout --------------------------------------------------------------------------------
     def __panel__(self):
-        self.tabs[:] = [
-            ("Matrix", self._matrix_tab()),
-            ("Single head", self._single_tab()),
-            ("Sentence", self._sentence_tab()),
-            ("Aggregate", self._aggregate_tab()),
-            *([("Image", self._image_tab())] if self.store.modality == "image" else []),
-            ("Metrics", self._metrics_tab()),
+        builders = [
+            ("Matrix", self._matrix_tab),
+            ("Single head", self._single_tab),
+            ("Sentence", self._sentence_tab),
+            ("Aggregate", self._aggregate_tab),
+            *([("Image", self._image_tab)] if self.store.modality == "image" else []),
+            ("Metrics", self._metrics_tab),
         ]
+        self._builders = [build for _, build in builders]
+        self.tabs[:] = [(name, pn.Column(sizing_mode="stretch_width")) for name, _ in builders]
         header = pn.pane.HTML(
             f"<b>qkscale</b> · {html.escape(str(self.store.path))} · {self.store.manifest['model']['source']} · "
             f"{self.store.n_tokens:,} tokens · {len(self.store.layers)} layers x {self.store.n_heads} heads",
             css_classes=["qk-header"],
         )
+        self.tabs.param.watch(lambda event: setattr(self, "tab", event.new), "active")
+        self._sync_url()
+        self._show_tab()
         return pn.Column(header, self.tabs, sizing_mode="stretch_width")
+
+    @param.depends("tab", watch=True)
+    def _show_tab(self) -> None:
+        """Open tab ``tab``, building its views the first time (a session builds only what it shows)."""
+        if not 0 <= self.tab < len(self.tabs):
+            return
+        page = self.tabs[self.tab]
+        if not page.objects:
+            page.objects = [self._builders[self.tab]()]
+        self.tabs.active = self.tab
+
+    def _sync_url(self) -> None:
+        """Keep the view in the URL (``?tab=1&layer=3&head=0&method=umap``): links open the same head."""
+        if pn.state.location is None:
+            return
+        with contextlib.suppress(ValueError):  # a hand-edited URL naming what this store lacks: keep the defaults
+            pn.state.location.sync(self, {name: name for name in URL_PARAMETERS})
 
     def open_head(self, layer: int, head: int) -> None:
         """Show ``layer``/``head`` in the single view."""
         if (layer, head) not in self.data.heads:
             return
-        self.param.update(layer=layer, head=head)
-        self.tabs.active = 1
+        self.param.update(layer=layer, head=head, tab=TABS.index("Single head"))
 
     def _first_projected(self) -> tuple[int, int]:
         projected = self.data.projections().get(f"{self.method}-{self.dims}d", [])
@@ -118,7 +142,7 @@ class Dashboard(pn.viewable.Viewer):
             pn.widgets.Select.from_param(self.param.label_metric, label="label with metric"),
             css_classes=["qk-matrix-controls"],
         )
-        return pn.Column(controls, _lazy(self._matrix_view))
+        return pn.Column(controls, self._matrix_view)  # the first view: in the first page, not deferred
 
     @param.depends("method", "dims", "ordering", "label_metric")
     @_guarded
@@ -222,9 +246,9 @@ class Dashboard(pn.viewable.Viewer):
         show = tuple(self.show)
         if self.dims == 3:
             figure = single.embedding_3d(points, show, colouring)
-            pane = pn.pane.Plotly(figure, css_classes=["qk-embedding"])
-            pane.param.watch(lambda event: self._on_3d_click(points, event.new), "click_data")
-            return pn.Column(self._head_title(points, len(single.sample_3d(points, show))), pane)
+            served = pn.state.curdoc is not None and pn.state.curdoc.session_context is not None
+            frame = pn.pane.HTML(single.figure_page(figure, served), css_classes=["qk-embedding-3d"])
+            return pn.Column(self._head_title(points, len(single.sample_3d(points, show))), frame)
         embedding = single.embedding_2d(points, show, colouring)
         matches = hv_dynamic(lambda **_: single.match_points(points, self._match_ids()), self, ["search_version"])
         overlay = hv_dynamic(
@@ -260,10 +284,6 @@ class Dashboard(pn.viewable.Viewer):
         row = single.nearest_point(points, show, x, y)
         if row is not None:
             self._select_point(points, row)
-
-    def _on_3d_click(self, points, click) -> None:
-        if click and click.get("points"):
-            self._select_point(points, int(click["points"][0]["customdata"]))
 
     def _select_point(self, points, row: int) -> None:
         token = int(points.frame["id"].iat[row])
@@ -501,10 +521,15 @@ def hv_dynamic(callback, owner: param.Parameterized, names: list[str]):
     return hv.DynamicMap(callback, streams=[hv.streams.Params(owner, names)])
 
 
-def app(store, data: DashboardData | None = None) -> Dashboard:
-    """The dashboard of ``store`` (a path or Store) as a Panel viewable: ``.servable()``, or show it in a notebook."""
+def load_extensions() -> None:
+    """Load the JavaScript the views need (once per server, or once in a notebook)."""
     from qkscale.dashboard.plotting import hv
 
-    pn.extension("tabulator", "plotly")
+    pn.extension("tabulator")
     hv.extension("bokeh", logo=False)
+
+
+def app(store, data: DashboardData | None = None) -> Dashboard:
+    """The dashboard of ``store`` (a path or Store) as a Panel viewable: ``.servable()``, or show it in a notebook."""
+    load_extensions()
     return Dashboard(data or DashboardData(store))

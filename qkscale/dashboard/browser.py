@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,8 +46,8 @@ def served(store: str | Path, log: Path, *options: str, timeout: float = 180) ->
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"qkscale serve exited with {process.returncode}: {log.read_text()}")
-            try:
-                urllib.request.urlopen(url, timeout=5).close()
+            try:  # the port opens once the store is loaded; connecting opens no session
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
                 break
             except OSError:
                 if time.monotonic() > deadline:

@@ -37,7 +37,7 @@ def serve(
     """
     import panel as pn
 
-    from qkscale.dashboard.app import app
+    from qkscale.dashboard.app import Dashboard, load_extensions
 
     if not 0 < port < 65536:
         raise OptionError(f"--port {port} is not a TCP port (1-65535)")
@@ -51,8 +51,9 @@ def serve(
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     print(f"qkscale: serving {data.store.path} at http://{address}:{port}/ (Ctrl-C to stop)", flush=True)
+    load_extensions()  # once for the server, not per session
     pn.serve(
-        {"/": lambda: app(store, data)},
+        {"/": lambda: Dashboard(data)},
         port=port,
         address=address,
         websocket_origin=origins,

@@ -17,7 +17,7 @@ from qkscale.store import Store
 from qkscale.store.files import temp_sibling
 from qkscale.store.projections import projection_key, projection_path
 
-THUMBNAIL_PIXELS = 160
+THUMBNAIL_PIXELS = 112  # about the size a tile is drawn at (12 heads across)
 QUERY_COLOR = "#1f77b4"  # blue
 KEY_COLOR = "#ff7f0e"  # orange
 COLOR_KEY = {"q": QUERY_COLOR, "k": KEY_COLOR}
