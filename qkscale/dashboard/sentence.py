@@ -84,12 +84,13 @@ def attention_heatmap(texts: list[str], weights: np.ndarray):
 
 
 def _tile(weights: np.ndarray, pixels: int = MODEL_TILE_PIXELS) -> np.ndarray:
-    """A ``[pixels, pixels]`` nearest-neighbour resampling of an attention matrix."""
+    """A ``[pixels, pixels]`` nearest-neighbour resampling of an attention matrix, scaled to its maximum."""
     n = len(weights)
     if n == 0:
         return np.zeros((pixels, pixels))
     index = np.minimum((np.arange(pixels) * n) // pixels, n - 1)
-    return weights[np.ix_(index, index)]
+    tile = weights[np.ix_(index, index)]
+    return tile / tile.max() if tile.max() > 0 else tile  # each head's own scale: its pattern shows
 
 
 def model_view(attention_by_head: dict[tuple[int, int], np.ndarray]):
@@ -113,6 +114,6 @@ def model_view(attention_by_head: dict[tuple[int, int], np.ndarray]):
         xaxis=None,
         yaxis=None,
         toolbar=None,
-        title="model view (rows: queries, columns: keys): click a head to see it large",
+        title="model view (rows: queries, columns: keys; each head scaled to its maximum): click a head",
     )
     return element, grid
