@@ -72,6 +72,8 @@ def _matrix_paint(context, url: str, expected: int, method: str) -> dict[str, fl
     painted = time.perf_counter() - started
     page.close()
     return {"canvas_on_page": on_page, "all_tiles_painted": painted}
+
+
 def _open_single(context, url: str, args: argparse.Namespace):
     """A new session showing the single-head view of the benchmarked head (the view is in the URL)."""
     page = context.new_page()
