@@ -69,6 +69,7 @@ class Dashboard(pn.viewable.Viewer):
         self.data = data
         self.store = data.store
         self.matches: SearchResult | None = None
+        self._search_error = ""
         super().__init__(**params)
         methods = data.methods() or ["umap"]
         self.param.method.objects = methods
@@ -302,9 +303,10 @@ class Dashboard(pn.viewable.Viewer):
 
     @param.depends("search_version")
     def _search_summary(self):
-        error = getattr(self, "_search_error", "")
-        if error:
-            return pn.pane.Alert(error, alert_type="warning", css_classes=["qk-search-count", "qk-message"])
+        if self._search_error:
+            return pn.pane.Alert(
+                self._search_error, alert_type="warning", css_classes=["qk-search-count", "qk-message"]
+            )
         if self.matches is None:
             return pn.pane.HTML("<span class='qk-search-count'>type a token to highlight it</span>")
         return pn.pane.HTML(f"<span class='qk-search-count'>{html.escape(self.matches.describe())}</span>")
