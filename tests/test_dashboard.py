@@ -170,6 +170,9 @@ def test_tile_grid_and_clicks_round_trip():
     images = {h: np.full((4, 4), i, float) for i, h in enumerate(heads)}
     canvas, bounds = matrix.compose_tiles(grid, images, np.nan)
     assert bounds == (0.0, 0.0, 3.0, 2.0)
+    assert matrix.tile_pixels(grid) == matrix.THUMBNAIL_PIXELS  # small models: full-size thumbnails
+    big = matrix.tile_grid([(layer, head) for layer in range(32) for head in range(32)])
+    assert 24 <= matrix.tile_pixels(big) * 32 * (1 + 2 * matrix.GAP) <= 1600 + 32
     assert canvas[1, 1] == images[(0, 0)][0, 0]  # layer 0 on the top row
     assert canvas[-2, 1] == images[(2, 0)][0, 0]
 
@@ -255,6 +258,8 @@ def test_missing_projection_and_head_are_messages(data, dashboard_store):
     assert "choose queries, keys or both" in _message(board._embedding())
     board.open_head(99, 0)  # not a stored head: nothing changes
     assert board.layer == 1
+    board.param.update(layer=99)  # e.g. from a hand-edited URL
+    assert "layer 99 head 0 is not in this store (layers 0, 1, 2, 3, 4, 5; heads 0-11)" in _message(board._embedding())
 
 
 def test_store_without_projections_or_metrics_says_which_command(builtin_store):

@@ -234,6 +234,11 @@ class Dashboard(pn.viewable.Viewer):
     @param.depends("layer", "head", "method", "dims", "colour", "show")
     @_guarded
     def _embedding(self):
+        if (self.layer, self.head) not in self.data.heads:
+            raise QKScaleError(
+                f"layer {self.layer} head {self.head} is not in this store (layers "
+                f"{', '.join(map(str, self.store.layers))}; heads 0-{self.store.n_heads - 1})"
+            )
         if not self.data.has_projection(self.layer, self.head, self.method, self.dims):
             raise QKScaleError(
                 f"layer {self.layer} head {self.head} has no {self.method} {self.dims}D projection; make it with "

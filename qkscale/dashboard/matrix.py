@@ -14,6 +14,8 @@ from qkscale.store import Store
 TILE = 1.0  # data units per tile; tiles sit on an integer grid (column = head, row = layer)
 GAP = 0.06
 ORDERINGS = ("layer / head", "head similarity")
+MAX_CANVAS_PIXELS = 1600  # a 32 x 32-head model gets 42-px tiles, not a 65 MB image
+MIN_TILE_PIXELS = 24
 TILE_BACKGROUND = (245, 245, 245, 255)  # light grey: each tile stands out from the white gaps
 MISSING_TILE = (215, 215, 215, 255)  # darker grey, no points: this head has no such projection
 
@@ -46,6 +48,13 @@ def metric_label(metrics: pd.DataFrame | None, metric: str | None) -> dict[tuple
     if metrics is None or not metric or metric not in metrics:
         return {}
     return {(int(r.layer), int(r.head)): f" {metric} {getattr(r, metric):.3g}" for r in metrics.itertuples()}
+
+
+def tile_pixels(grid: dict, canvas_pixels: int = MAX_CANVAS_PIXELS) -> int:
+    """Pixels per tile so that the composed matrix stays about ``canvas_pixels`` wide (large models)."""
+    n_columns = 1 + max(c for c, _ in grid.values())
+    n_rows = 1 + max(r for _, r in grid.values())
+    return max(MIN_TILE_PIXELS, min(THUMBNAIL_PIXELS, int(canvas_pixels / (1 + 2 * GAP) / max(n_columns, n_rows))))
 
 
 def compose_tiles(grid: dict, images: dict, background) -> tuple[np.ndarray, tuple[float, float, float, float]]:
@@ -96,12 +105,15 @@ def matrix_element(
 
     order = ordered_heads(heads, ordering, metrics)
     grid = tile_grid(order, store.n_heads if ordering == "head similarity" else None)
+    pixels = tile_pixels(grid)
     images = {}
     for layer, head in order:
         tile = Image.new("RGBA", (THUMBNAIL_PIXELS, THUMBNAIL_PIXELS), MISSING_TILE)
         if (layer, head) in projected:
             png = Image.open(io.BytesIO(thumbnail(store, layer, head, method, dims))).convert("RGBA")
             tile = Image.alpha_composite(Image.new("RGBA", png.size, TILE_BACKGROUND), png)
+        if pixels < THUMBNAIL_PIXELS:
+            tile = tile.resize((pixels, pixels), Image.Resampling.BOX)
         images[(layer, head)] = np.asarray(tile)
     canvas, bounds = compose_tiles(grid, images, (255, 255, 255, 255))
     extra = metric_label(metrics, metric)
