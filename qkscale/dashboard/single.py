@@ -232,7 +232,6 @@ def embedding_3d(points: HeadPoints, show: tuple[str, ...], colouring: Colouring
             marker=marker,
             text=hover,
             hoverinfo="text",
-            customdata=frame["id"].to_numpy(),
         )
     )
     shown = f"{len(frame):,} of {len(visible_points(points, show)):,} points"
