@@ -21,7 +21,7 @@ from qkscale.dashboard.data import DashboardData
 from qkscale.dashboard.tokens import SEARCH_MODES, SearchResult
 from qkscale.errors import QKScaleError
 
-TABS = ["Matrix", "Single head", "Sentence", "Aggregate", "Metrics"]  # + "Image" before Metrics for images
+SINGLE_HEAD_TAB = 1  # tabs: Matrix, Single head, Sentence, Aggregate, (Image,) Metrics
 URL_PARAMETERS = ("tab", "layer", "head", "method", "dims", "colour", "doc")
 NO_MATCHES = np.empty(0, np.int64)
 
@@ -128,7 +128,7 @@ class Dashboard(pn.viewable.Viewer):
         """Show ``layer``/``head`` in the single view."""
         if (layer, head) not in self.data.heads:
             return
-        self.param.update(layer=layer, head=head, tab=TABS.index("Single head"))
+        self.param.update(layer=layer, head=head, tab=SINGLE_HEAD_TAB)
 
     def _first_projected(self) -> tuple[int, int]:
         projected = self.data.projections().get(f"{self.method}-{self.dims}d", [])
@@ -463,7 +463,7 @@ class Dashboard(pn.viewable.Viewer):
         n_prefix = int((tokens["patch_row"] < 0).sum())
         in_doc = self.token in set(tokens["id"])
         position = self.token - int(tokens["id"].iat[0]) if in_doc else 0  # default: the [CLS] token
-        weights, positions = self.data.attention(self.doc, self.layer, self.head, False)
+        weights, _ = self.data.attention(self.doc, self.layer, self.head, False)
         line = weights[position] if self.token_kind == "q" or not in_doc else weights[:, position]
         patches = line[n_prefix:]
         patch = None
