@@ -7,8 +7,9 @@ in points (queries + keys of the first documents' tokens):
   where the head has no more points than the sample, else fit on the sample + placement);
 * ``full``: the same library fitted on every point (umap-learn, openTSNE, scikit-learn), run
   where a linear lower bound from the previous size says it can end within ``--full-limit``;
-* the largest size also runs end to end through :func:`qkscale.project.project_head` (read the
-  head from the store, normalise, fit, place, score, write), as ``qkscale project`` does.
+* a size that holds the whole head also runs, with the first of ``--backends``, end to end
+  through :func:`qkscale.project.project_head` (read the head from the store, normalise, fit,
+  place, score, write), as ``qkscale project`` does.
 
 Trustworthiness (k=15) is measured on the same fixed 5k points for every variant of a size, so
 differences between variants are differences in the embeddings. Run::
@@ -21,16 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.report import new_report, plot_lines, write_json
 from qkscale import open_store
 from qkscale.project import DEFAULT_SAMPLE, ProjectionSettings, get_backend
 from qkscale.project.run import embed_points, joint_points, project_head
@@ -54,10 +52,21 @@ def _run(points: np.ndarray, docs: np.ndarray, settings: ProjectionSettings, bac
         "backend": backend.name,
         "library": backend.describe(settings.method, settings.dims),
         "sample": settings.sample,
-        "seconds": round(seconds, 2),
+        "seconds": round(seconds, 4),
         "trustworthiness": round(trustworthiness(points, coords), 4),
         **details,
     }
+
+
+def warm_up(methods: list[str], backends: set[str]) -> None:
+    """One small untimed fit per method and backend: numba compiles umap-learn's and pynndescent's
+    functions on their first call (a minute on 2 cores), and a GPU sets up its context."""
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(1500, 16)).astype(np.float32)  # queries and keys of 750 tokens
+    docs = np.repeat(np.arange(75), 10)
+    for method in methods:
+        for backend_name in sorted(backends):
+            embed_points(points, docs, ProjectionSettings(method=method, sample=1000), get_backend(backend_name))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         results.append(entry)
         print(json.dumps(entry), flush=True)
 
+    warm_up(methods, {*args.backends.split(","), "cpu"})
     for size in sizes:
         n_tokens = _prefix_tokens(all_docs, size // 2)
         docs = all_docs[:n_tokens]
@@ -94,14 +104,14 @@ def main(argv: list[str] | None = None) -> None:
             base = {"size": size, "points": len(points), "method": method}
             backends = args.backends.split(",")
             if n_tokens == len(all_docs):  # the whole head: time the stage end to end, as `qkscale project` runs it
-                backends.remove("cpu") if "cpu" in backends else None
+                first = backends.pop(0)
                 started = time.perf_counter()
-                head_record = project_head(store, args.layer, args.head, settings, get_backend("cpu"))
+                head_record = project_head(store, args.layer, args.head, settings, get_backend(first))
                 record(
                     {
                         **base,
                         "variant": "qkscale project (end to end)",
-                        "seconds": round(time.perf_counter() - started, 2),
+                        "seconds": round(time.perf_counter() - started, 4),
                         **{key: head_record[key] for key in ("backend", "library", "placement")},
                         "trustworthiness": round(head_record["trustworthiness"], 4),
                     }
@@ -123,19 +133,39 @@ def main(argv: list[str] | None = None) -> None:
             full_seconds[method] = (len(points), entry["seconds"])
             record({**base, "variant": "full fit", **entry})
 
-    report = {
-        "benchmark": "projection",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
+    add_ratios(results)
+    report = new_report("projection")
+    report["sections"]["projection"] = {
         "store": str(args.store),
         "head": {"layer": args.layer, "head": args.head, "tokens": len(all_docs)},
         "sample": args.sample,
         "results": results,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(report, out)
+    plot(results, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def add_ratios(results: list[dict[str, Any]]) -> None:
+    """Each measured variant's seconds over the full fit's of the same size and method (one run each)."""
+    full = {(r["size"], r["method"]): r["seconds"] for r in results if r["variant"] == "full fit" and "seconds" in r}
+    for entry in results:
+        baseline = full.get((entry["size"], entry["method"]))
+        if baseline is not None and "seconds" in entry and entry["variant"] != "full fit":
+            entry["ratio_to_full_fit"] = round(entry["seconds"] / baseline, 4) if baseline > 0 else None
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Seconds against points, one line per method, variant and library."""
+    lines: dict[str, tuple[list[float], list[float]]] = {}
+    for entry in results:
+        if "seconds" not in entry:
+            continue
+        xs, ys = lines.setdefault(f"{entry['method']}, {entry['variant']} ({entry['library']})", ([], []))
+        xs.append(entry["points"])
+        ys.append(max(entry["seconds"], 0.005))
+    plot_lines(path, "Projection of one head", "points (queries + keys)", "seconds", lines)
 
 
 if __name__ == "__main__":
