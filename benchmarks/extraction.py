@@ -50,7 +50,7 @@ import torch
 import transformers
 
 import qkscale
-from benchmarks.report import gpu_name
+from benchmarks.report import cpu_model, gpu_name
 from qkscale.corpus import shards
 from qkscale.corpus.builtin import builtin_sentences
 from qkscale.extraction import ExtractionPlan, LoadedModel, extract_shard, plan_extraction
@@ -350,16 +350,6 @@ def head_reads(path: Path, repeats: int) -> dict[str, Any]:
 
 
 # -- report --------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def load_average() -> tuple[float, float, float] | None:
     """1, 5 and 15 minute load averages: other work on the machine skews every timing."""
     return os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -370,7 +360,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "usable_cpus": usable,
         "gpu": gpu_name(),
