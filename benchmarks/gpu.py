@@ -1,15 +1,14 @@
 """GPU check: extraction on CUDA against a bare forward pass, UMAP up to 2M points, normalisation on cupy.
 
-Run by ``benchmarks/gpu_check.sh`` on a machine with one CUDA GPU (see the README). Sections, each
-beside its baseline from the same run, most important first; a section that fails records its
-error and the next one runs, and ``gpu.json`` is rewritten after every section:
+Run by ``benchmarks/gpu_check.sh`` on a machine with one CUDA GPU (see the README). Sections, in
+this order, each beside its baseline from the same run; a section that fails records its error
+and the next one runs, and ``gpu.json`` is rewritten after every section:
 
-1. ``normalisation``: joint normalisation of one head (about 2.4M points) with cupy on the GPU
-   against numpy on the CPU;
-2. ``extraction``: :mod:`benchmarks.extraction` on CUDA in float16 (``extract_shard`` against a
+1. ``head_store``: ``qkscale.extract`` of one layer over the 1.2M-token corpus (tokens/s), the
+   store that the other sections read (one head: about 2M points);
+2. ``normalisation``: joint normalisation of that head with cupy on the GPU against numpy;
+3. ``extraction``: :mod:`benchmarks.extraction` on CUDA in float16 (``extract_shard`` against a
    hook-free forward over the same batches, length bucketing against random batching);
-3. ``head_store``: ``qkscale.extract`` of one layer over the 1.2M-token corpus (tokens/s), the
-   store that the next sections read;
 4. ``projection``: :mod:`benchmarks.projection` with the torchdr backend on the GPU against
    umap-learn / scikit-learn on the CPU cores, at 20k, 100k and 2M points;
 5. ``torchdr_full``: a torchdr UMAP fitted on all 2M points at once (its KeOps neighbour search),
