@@ -49,19 +49,19 @@ def small_store(folder: Path) -> Path:
     return store.path
 
 
-def parts(args: argparse.Namespace, out: Path, store: Callable[[], Path]) -> dict[str, Callable[[], list[str]]]:
+def parts(args: argparse.Namespace, store: Callable[[], Path]) -> dict[str, Callable[[], list[str]]]:
     """Each part's command-line arguments for this suite (a callable: the store is made on demand)."""
     quick = args.suite == "quick"
+
+    def head() -> list[str]:
+        """The store and the head (L3H0) that projection and dashboard measure."""
+        return ["--store", str(store()), "--layer", "3", "--head", "0"]
+
     return {
         "extraction": lambda: ["--docs", "200" if quick else "2000", "--repeats", "3", "--read-repeats", "3"],
         "jobs": lambda: ["--tokens", "20000" if quick else "200000", "--repeats", "1" if quick else "2"],
         "projection": lambda: [
-            "--store",
-            str(store()),
-            "--layer",
-            "3",
-            "--head",
-            "0",
+            *head(),
             "--sizes",
             "20000" if quick else "20000,100000,2000000",
             "--methods",
@@ -77,12 +77,7 @@ def parts(args: argparse.Namespace, out: Path, store: Callable[[], Path]) -> dic
             *([] if quick else ["--store", str(store()), "--method", "pca"]),
         ],  # fmt: skip
         "dashboard": lambda: [
-            "--store",
-            str(store()),
-            "--layer",
-            "3",
-            "--head",
-            "0",
+            *head(),
             "--single-method",
             "umap",
             "--repeats",
@@ -123,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return made[0]
 
     report = new_report(args.suite)
-    chosen = parts(args, out, store)
+    chosen = parts(args, store)
     if args.parts:
         chosen = {name: chosen[name] for name in args.parts.split(",")}
     started = time.perf_counter()
