@@ -164,7 +164,7 @@ def load_workload(args: argparse.Namespace, root: Path) -> Workload:
     plan = plan_extraction(args.model, args.corpus, root / "unused", **extract_options(args))
     hooked = LoadedModel.load(plan)
     bare = load_model(plan.info.source, plan.device, plan.dtype)
-    in_order = list(shards(plan.documents(), plan.docs_per_shard))
+    in_order = list(shards(plan.documents(), plan.options.docs_per_shard))
     rng = np.random.default_rng(0)
     shuffled = [[docs[i] for i in rng.permutation(len(docs))] for docs in in_order]
     return Workload(plan, hooked, bare, in_order, shuffled, root)
@@ -174,7 +174,7 @@ def load_workload(args: argparse.Namespace, root: Path) -> Workload:
 def extraction_pass(work: Workload, bucket: bool) -> Result:
     """``extract_shard`` over every shard into a temp store; ``forward_s`` is the hooked forward."""
     out = Path(tempfile.mkdtemp(prefix="shards-", dir=work.root))
-    plan = replace(work.plan, out=out, bucket=bucket)
+    plan = replace(work.plan, out=out, options=replace(work.plan.options, bucket=bucket))
     forward, tokens = Stopwatch(), 0
     try:
         start = time.perf_counter()
@@ -195,7 +195,7 @@ def bare_pass(work: Workload, bucket: bool) -> Result:
     tokens = padded = 0
     start = time.perf_counter()
     for docs in work.shards_for(bucket):
-        batches = work.hooked.inputs.batches(docs, work.plan.batch_size, bucket)
+        batches = work.hooked.inputs.batches(docs, work.plan.options.batch_size, bucket)
         while True:
             with prepare.measure():
                 batch = next(batches, None)
@@ -236,7 +236,7 @@ def pass_functions(work: Workload, args: argparse.Namespace) -> dict[str, Callab
 
 def warm_up(work: Workload) -> None:
     """One small unmeasured pass of each kind: lazy initialisations are paid before timing starts."""
-    size = 2 * work.plan.batch_size
+    size = 2 * work.plan.options.batch_size
     small = replace(work, shards=[work.shards[0][:size]], shuffled=[work.shuffled[0][:size]])
     for bucket in (True, False):
         extraction_pass(small, bucket)

@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 from qkscale.errors import QKScaleError, QKScaleWarning
-from qkscale.project.run import DEFAULT_SAMPLE
+from qkscale.options import cli_command
+from qkscale.stage_options import ExtractOptions, ProjectOptions
 
 app = typer.Typer(
     help="AttentionViz-style joint query-key embeddings at corpus scale.",
@@ -23,56 +24,18 @@ app = typer.Typer(
 
 
 @app.command()
+@cli_command(ExtractOptions)
 def extract(
     out: Annotated[Path, typer.Option("--out", help="Store folder to create (or resume).")],
-    model: Annotated[str, typer.Option(help="'minilm' (packaged default) or a local model directory.")] = "minilm",
-    corpus: Annotated[
-        str,
-        typer.Option(
-            help="'builtin' or a .txt/.jsonl/.parquet file or folder; for vision models 'builtin-images' "
-            "or a folder of PNG/JPEG images (default: builtin, or builtin-images for a vision model)."
-        ),
-    ] = "auto",
-    max_length: Annotated[int, typer.Option(help="Tokens per document; longer ones are truncated.")] = 128,
-    batch_size: Annotated[int, typer.Option(help="Documents per forward pass.")] = 64,
-    limit_docs: Annotated[int | None, typer.Option(help="Only the first N documents.")] = None,
-    max_tokens: Annotated[
-        int | None, typer.Option(help="Only the first documents holding at most N tokens (instead of --limit-docs).")
-    ] = None,
-    layers: Annotated[str | None, typer.Option(help="Layers to store, e.g. 0,2-4 (default all).")] = None,
-    docs_per_shard: Annotated[int, typer.Option(help="Documents per atomically committed shard.")] = 1024,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (float32 on CPU, float16 on CUDA), float16 or bfloat16.")] = "auto",
-    q_module: Annotated[
-        str | None, typer.Option(help="Generic adapter: query projection path with {layer}, e.g. layers.{layer}.q.")
-    ] = None,
-    k_module: Annotated[str | None, typer.Option(help="Generic adapter: key projection path with {layer}.")] = None,
-    n_heads: Annotated[int | None, typer.Option(help="Generic adapter: heads per layer (default: config).")] = None,
-    head_dim: Annotated[int | None, typer.Option(help="Generic adapter: head size (default: config).")] = None,
-    causal: Annotated[bool, typer.Option("--causal", help="Generic adapter: the model masks later tokens.")] = False,
+    options: ExtractOptions,
 ) -> None:
     """Extract every head's queries and keys over a corpus into a store (resumable)."""
+    from dataclasses import asdict
+
     from qkscale.extraction import extract as run_extract
     from qkscale.inspect import format_summary, summarize
 
-    store = run_extract(
-        model,
-        corpus,
-        out,
-        max_length=max_length,
-        batch_size=batch_size,
-        limit_docs=limit_docs,
-        max_tokens=max_tokens,
-        layers=layers,
-        docs_per_shard=docs_per_shard,
-        device=device,
-        dtype=dtype,
-        q_module=q_module,
-        k_module=k_module,
-        n_heads=n_heads,
-        head_dim=head_dim,
-        causal=causal,
-    )
+    store = run_extract(out=out, **asdict(options))
     typer.echo(format_summary(summarize(store)))
 
 
@@ -90,49 +53,25 @@ def inspect(
 
 
 @app.command()
+@cli_command(ProjectOptions)
 def project(
     store: Annotated[Path, typer.Argument(help="Store folder (a complete extraction).")],
-    method: Annotated[str, typer.Option(help="umap, tsne or pca.")] = "umap",
-    dims: Annotated[int, typer.Option(help="2 or 3.")] = 2,
-    backend: Annotated[
-        str, typer.Option(help="auto (cuml, else torchdr on a GPU, else cpu), cuml, torchdr or cpu.")
-    ] = "auto",
-    layers: Annotated[str | None, typer.Option(help="Layers to project, e.g. 0,2-4 (default all stored).")] = None,
-    heads: Annotated[str | None, typer.Option(help="Heads to project, e.g. 0-3 (default all).")] = None,
-    sample: Annotated[int, typer.Option(help="Points fitted per head; the rest are placed by their neighbours.")] = (
-        DEFAULT_SAMPLE
-    ),
-    metric: Annotated[str, typer.Option(help="cosine (as AttentionViz) or euclidean.")] = "cosine",
-    seed: Annotated[int, typer.Option(help="Random seed (CPU results are reproducible).")] = 0,
+    options: ProjectOptions,
     force: Annotated[bool, typer.Option("--force", help="Recompute heads that already have this projection.")] = False,
 ) -> None:
     """Jointly embed every selected head's queries and keys in 2D/3D (one file per head, resumable)."""
-    from qkscale.project import plan_projection, run_plan
+    from dataclasses import asdict
 
-    plan = plan_projection(
-        store,
-        method=method,
-        dims=dims,
-        backend=backend,
-        layers=layers,
-        heads=heads,
-        sample=sample,
-        metric=metric,
-        seed=seed,
-        force=force,
-    )
-    if plan.done:
-        typer.echo(
-            f"{len(plan.done)} of {len(plan.heads)} heads already projected; skipping them (--force redoes them)"
-        )
-    records = run_plan(plan)
-    if records:
-        trust = sorted(r["trustworthiness"] for r in records)
-        span = f"{trust[0]:.3f}" if len(trust) == 1 else f"{trust[0]:.3f}-{trust[-1]:.3f}"
-        typer.echo(
-            f"projected {len(records)} heads with {records[0]['library']} on {records[0]['device']}: "
-            f"trustworthiness {span}, {sum(r['seconds'] for r in records):.1f} s"
-        )
+    from qkscale.engine import run_stage
+    from qkscale.project import plan_projection
+
+    stage = plan_projection(store, force=force, **asdict(options))
+    total, done = stage.work_total()
+    if done:
+        typer.echo(f"{done} of {total} heads already projected; skipping them (--force redoes them)")
+    finished = run_stage(stage)
+    if finished.summary:
+        typer.echo(finished.summary)
 
 
 @app.command()

@@ -1,17 +1,17 @@
 """The extract stage: run a model over a corpus and store every requested head's Q and K.
 
 :func:`plan_extraction` checks every input (model config, layers, corpus, output folder) before
-anything is written; :func:`extract_shard` turns one shard of documents into one committed shard
-folder (the unit a Dask task will run); :func:`extract` ties them together with a progress bar.
+anything is written, and records where each shard starts in the corpus; :class:`ExtractStage`'s
+unit is one shard: it reads its own documents and commits one shard folder (:func:`extract_shard`).
+:func:`extract` runs the stage in this process; a job runs the same stage on a Dask cluster.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
+import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -20,9 +20,19 @@ from typing import Any
 import torch
 
 from qkscale import __version__
-from qkscale.corpus import BUILTIN, BUILTIN_IMAGES, Corpus, ImageCorpus, open_corpus, open_image_corpus, shards
+from qkscale.corpus import (
+    BUILTIN,
+    BUILTIN_IMAGES,
+    Corpus,
+    CorpusIndex,
+    ImageCorpus,
+    open_corpus,
+    open_image_corpus,
+    shards,
+)
+from qkscale.engine import QUIET, Progress, Stage, run_stage
 from qkscale.errors import CorpusError, OptionError, QKScaleWarning, StoreError
-from qkscale.models import DEFAULT_MODEL, Family, ModelInfo, QKCapture, inspect_model, load_model, score_scales
+from qkscale.models import Family, ModelInfo, QKCapture, inspect_model, load_model, score_scales
 from qkscale.models.image_inputs import ImageInputs
 from qkscale.models.inputs import ModelInputs
 from qkscale.models.loader import (
@@ -34,36 +44,41 @@ from qkscale.models.loader import (
     weightless_model,
 )
 from qkscale.models.text_inputs import TextInputs
+from qkscale.options import api_signature, from_keywords
 from qkscale.selection import parse_selection
+from qkscale.stage_options import DEFAULT_MODEL, ExtractOptions
 from qkscale.store import ShardWriter, Store, layout, read_manifest
 from qkscale.store.files import remove_temps, write_json_atomic
 
 # Fields of the manifest that must match for an existing store to be resumed.
 _IDENTITY = ("model", "layers", "corpus", "options")
+# Options that change the stored rows (batches decide the row order within a shard).
+_ROW_OPTIONS = ("max_length", "docs_per_shard", "limit_docs", "max_tokens", "batch_size", "bucket", "dtype")
 
 
 @dataclass
 class ExtractionPlan:
     """Everything an extraction needs, checked: nothing has been written yet."""
 
+    options: ExtractOptions
     info: ModelInfo
     family: Family
     layers: list[int]
     corpus: Corpus | ImageCorpus
-    n_docs: int
+    index: CorpusIndex  # where each shard starts in the corpus
     out: Path
-    max_length: int
-    batch_size: int
-    docs_per_shard: int
-    limit_docs: int | None
+    limit_docs: int | None  # from --limit-docs, or from --max-tokens
     device: str
     dtype: str
-    bucket: bool
     identity: dict[str, Any]
 
     @property
+    def n_docs(self) -> int:
+        return self.index.n_docs
+
+    @property
     def n_shards(self) -> int:
-        return math.ceil(self.n_docs / self.docs_per_shard)
+        return self.index.n_shards
 
     @property
     def modality(self) -> str:
@@ -72,10 +87,14 @@ class ExtractionPlan:
     def documents(self) -> Iterator[Any]:
         return islice(self.corpus.documents(), self.limit_docs)
 
+    def shard_documents(self, shard: int) -> list[tuple[int, Any]]:
+        """The ``(doc_id, document)`` pairs of ``shard``, read from the corpus where the shard starts."""
+        return self.corpus.read_shard(self.index, shard)
 
-def _positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise OptionError(f"--{name} must be a positive number, not {value}")
+    def shard_span(self, shard: int) -> tuple[int, int]:
+        """First and last document id of ``shard``."""
+        docs = self.index.shard_docs(shard)
+        return docs.start, docs.stop - 1
 
 
 def plan_extraction(
@@ -83,86 +102,42 @@ def plan_extraction(
     corpus: str | Path = "auto",
     out: str | Path = "store",
     *,
-    max_length: int = 128,
-    batch_size: int = 64,
-    limit_docs: int | None = None,
-    max_tokens: int | None = None,
-    layers: str | Sequence[int] | None = None,
-    docs_per_shard: int = 1024,
-    device: str = "auto",
-    dtype: str = "auto",
-    bucket: bool = True,
-    q_module: str | None = None,
-    k_module: str | None = None,
-    n_heads: int | None = None,
-    head_dim: int | None = None,
-    causal: bool = False,
     check_device: bool = True,
+    **options: Any,
 ) -> ExtractionPlan:
     """Validate every input, cheapest first; raise a :class:`QKScaleError` on the first bad one.
 
-    ``max_tokens`` keeps the first documents that hold at most that many tokens (it sets
-    ``limit_docs``, so it reads the corpus through the tokenizer once). ``check_device=False``
-    takes ``device`` as given: a job's workers, not this process, will run the model.
+    ``options`` are the fields of :class:`ExtractOptions`. ``max_tokens`` keeps the first
+    documents that hold at most that many tokens (it reads the corpus through the tokenizer
+    once). ``check_device=False`` takes ``device`` as given: a job's workers will run the model.
     """
-    if max_tokens is not None and limit_docs is not None:
+    chosen = from_keywords(ExtractOptions, {"model": model, "corpus": str(corpus), **options})
+    if chosen.max_tokens is not None and chosen.limit_docs is not None:
         raise OptionError("give --max-tokens or --limit-docs, not both")
-    for name, value in (
-        ("max-length", max_length),
-        ("batch-size", batch_size),
-        ("limit-docs", limit_docs),
-        ("max-tokens", max_tokens),
-        ("docs-per-shard", docs_per_shard),
-        ("n-heads", n_heads),
-        ("head-dim", head_dim),
-    ):
-        _positive(name, value)
-    if max_length < 2:
-        raise OptionError("--max-length must be at least 2")
-    device = resolve_device(device) if check_device else device
-    dtype = resolve_dtype(dtype, device)
-    info, family = inspect_model(model, q_module, k_module, n_heads, head_dim, causal)
-    if info.max_positions and max_length > info.max_positions:
-        raise OptionError(f"--max-length {max_length} exceeds the model's {info.max_positions} positions")
-    chosen = parse_selection(layers, info.n_layers, "layers")
+    device = resolve_device(chosen.device) if check_device else chosen.device
+    dtype = resolve_dtype(chosen.dtype, device)
+    info, family = inspect_model(
+        chosen.model, chosen.q_module, chosen.k_module, chosen.n_heads, chosen.head_dim, chosen.causal
+    )
+    if info.max_positions and chosen.max_length > info.max_positions:
+        raise OptionError(f"--max-length {chosen.max_length} exceeds the model's {info.max_positions} positions")
+    layers = parse_selection(chosen.layers, info.n_layers, "layers")
     out = Path(out).expanduser()
     _check_out_is_usable(out)
-    source = _open_corpus_for(family, corpus, info.model_type)
-    if max_tokens is not None:
-        limit_docs = _docs_within(source, load_inputs(info.source, family, max_length), max_tokens)
-    n_docs = source.count(limit_docs)
+    source = _open_corpus_for(family, chosen.corpus, info.model_type)
+    limit_docs = chosen.limit_docs
+    if chosen.max_tokens is not None:
+        limit_docs = _docs_within(source, load_inputs(info.source, family, chosen.max_length), chosen.max_tokens)
+    index = source.index(chosen.docs_per_shard, limit_docs)
+    row_options = {name: getattr(chosen, name) for name in _ROW_OPTIONS}
     identity = {
         "model": info.as_dict(),
-        "layers": chosen,
+        "layers": layers,
         "corpus": source.describe(),
-        # Everything that changes the stored rows: batches decide the row order within a shard.
-        "options": {
-            "max_length": max_length,
-            "docs_per_shard": docs_per_shard,
-            "limit_docs": limit_docs,
-            "max_tokens": max_tokens,
-            "batch_size": batch_size,
-            "bucket": bucket,
-            "dtype": dtype,
-        },
+        "options": {**row_options, "limit_docs": limit_docs, "dtype": dtype},
     }
     _check_resumable(out, identity)
-    return ExtractionPlan(
-        info=info,
-        family=family,
-        layers=chosen,
-        corpus=source,
-        n_docs=n_docs,
-        out=out,
-        max_length=max_length,
-        batch_size=batch_size,
-        docs_per_shard=docs_per_shard,
-        limit_docs=limit_docs,
-        device=device,
-        dtype=dtype,
-        bucket=bucket,
-        identity=identity,
-    )
+    return ExtractionPlan(chosen, info, family, layers, source, index, out, limit_docs, device, dtype, identity)
 
 
 def _open_corpus_for(family: Family, corpus: str | Path, model_type: str) -> Corpus | ImageCorpus:
@@ -239,7 +214,7 @@ class LoadedModel:
     def load(cls, plan: ExtractionPlan) -> LoadedModel:
         model = load_model(plan.info.source, plan.device, plan.dtype)
         info = plan.info
-        inputs = load_inputs(info.source, plan.family, plan.max_length, getattr(torch, plan.dtype))
+        inputs = load_inputs(info.source, plan.family, plan.options.max_length, getattr(torch, plan.dtype))
         capture = QKCapture(model, plan.family, plan.layers, info.n_heads, info.head_dim, info.n_kv_heads)
         return cls(model, inputs, capture, plan.device)
 
@@ -275,7 +250,7 @@ def extract_shard(
         plan.out, shard, plan.layers, info.n_heads, info.head_dim, info.n_kv_heads, loaded.inputs.token_schema
     )
     try:
-        for batch in loaded.inputs.batches(docs, plan.batch_size, plan.bucket):
+        for batch in loaded.inputs.batches(docs, plan.options.batch_size, plan.options.bucket):
             batch = batch.to(loaded.device)
             loaded.capture.run(loaded.model, **batch.inputs)
             queries, keys = loaded.capture.gathered(batch.real)
@@ -289,6 +264,74 @@ def extract_shard(
         raise
 
 
+class ExtractStage(Stage):
+    """One unit per shard: read the shard's documents, run the model, commit the shard folder."""
+
+    name = "extract"
+    work_unit = "doc"
+    rate_unit = "tokens"
+    uses_gpu = True
+
+    def __init__(self, plan: ExtractionPlan):
+        self.plan = plan
+        self._loaded: LoadedModel | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"plan": self.plan}  # what a worker needs: paths and options, not the loaded model
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["plan"])
+
+    def start(self) -> None:
+        start_store(self.plan, load_inputs(self.plan.info.source, self.plan.family, self.plan.options.max_length))
+
+    def temp_folders(self) -> list[Path]:
+        return [self.plan.out, self.plan.out / layout.SHARDS]
+
+    def units(self) -> list[int]:
+        store = Store(self.plan.out)
+        return [shard for shard in range(self.plan.n_shards) if not store.is_committed(shard)]
+
+    def describe(self, shard: int) -> str:
+        first, last = self.plan.shard_span(shard)
+        return f"shard {shard} (documents {first}-{last})"
+
+    def work(self, shard: int) -> int:
+        first, last = self.plan.shard_span(shard)
+        return last - first + 1
+
+    def work_total(self) -> tuple[int, int]:
+        return self.plan.n_docs, self.plan.n_docs - sum(self.work(shard) for shard in self.units())
+
+    def setup(self) -> None:
+        self._loaded = LoadedModel.load(self.plan)
+
+    def teardown(self) -> None:
+        if self._loaded is not None:
+            self._loaded.capture.remove()
+            self._loaded = None
+
+    def run_unit(self, shard: int, progress: Progress = QUIET) -> dict[str, int]:
+        """Extract and commit one shard; one already committed (by an earlier try) is left as it is."""
+        store = Store(self.plan.out)
+        if store.is_committed(shard):
+            return store.shard_info(shard)
+        docs = self.plan.shard_documents(shard)
+        with self._lock:  # one capture per model: a worker's threads take turns on it
+            return extract_shard(self._loaded, self.plan, shard, docs, on_batch=progress.advance)
+
+    def count(self, info: dict[str, int]) -> int:
+        return info["n_tokens"]
+
+    def finish(self, results: dict) -> Store:
+        return finish_store(self.plan)
+
+    def summary(self, store: Store, seconds: float) -> str:
+        return f"extracted {self.plan.n_shards} shards of {store.n_tokens:,} tokens in {seconds:,.1f} s"
+
+
+@api_signature(ExtractOptions)
 def extract(
     model: str = DEFAULT_MODEL,
     corpus: str | Path = "auto",
@@ -299,36 +342,15 @@ def extract(
 ) -> Store:
     """Extract the queries and keys of ``model`` over ``corpus`` into the store ``out``.
 
-    Options: ``max_length`` (128), ``batch_size`` (64), ``limit_docs``, ``layers`` ("0,2-4" or a
-    list), ``docs_per_shard`` (1024), ``device`` ("auto"), ``dtype`` ("auto"), ``bucket`` (True:
-    batch documents of similar length). An existing store made with the same settings is
-    resumed: committed shards are kept, the others are extracted.
+    ``options`` are the fields of :class:`~qkscale.stage_options.ExtractOptions` (the flags of
+    ``qkscale extract``). An existing store made with the same settings is resumed: committed
+    shards are kept, the others are extracted.
     """
     plan = plan_extraction(model, corpus, out, **options)
     existing = read_manifest(plan.out)
     if existing is not None and existing["complete"]:
         return Store(plan.out)  # same settings (checked by the plan) and nothing left to do
-    loaded = LoadedModel.load(plan)
-    store = start_store(plan, loaded.inputs)
-    done = set(store.committed_shards())
-    bar = _progress_bar(plan.n_docs, sum(store.shard_info(s)["n_docs"] for s in done), progress)
-    tokens, started = 0, time.perf_counter()
-
-    def on_batch(n_docs: int, n_tokens: int) -> None:
-        nonlocal tokens
-        tokens += n_tokens
-        bar.update(n_docs)
-        bar.set_postfix_str(f"{tokens / (time.perf_counter() - started):,.0f} tokens/s", refresh=False)
-
-    try:
-        for shard, docs in enumerate(shards(plan.documents(), plan.docs_per_shard)):
-            if shard in done:
-                continue
-            extract_shard(loaded, plan, shard, docs, on_batch=on_batch)
-    finally:
-        bar.close()
-        loaded.capture.remove()
-    return finish_store(plan)
+    return run_stage(ExtractStage(plan), progress=progress).value
 
 
 def start_store(plan: ExtractionPlan, inputs: ModelInputs) -> Store:
@@ -378,9 +400,3 @@ def finish_store(plan: ExtractionPlan) -> Store:
     )
     write_json_atomic(plan.out / layout.MANIFEST, manifest)
     return Store(plan.out)
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="doc", desc="extract", disable=not enabled, dynamic_ncols=True)

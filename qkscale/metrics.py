@@ -4,6 +4,7 @@ Statistics are sums in the create / append / combine / finalize shape, so the sa
 document, per shard and across Dask partitions: :meth:`HeadSums.append` adds one document,
 :meth:`HeadSums.combine` merges two partial sums, :meth:`HeadSums.finalize` turns them into one row
 per (layer, head). Attention is recomputed from the stored vectors with the model's mask.
+:class:`MetricsStage` runs one shard per unit and combines them (in this process or on Dask).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from qkscale.attention import attention_weights
+from qkscale.engine import QUIET, Progress, Stage, run_stage
 from qkscale.errors import StoreError
 from qkscale.store import Store, open_store
-from qkscale.store.files import remove_temps
 from qkscale.store.metrics_files import write_metrics
 
 # Relative offsets j - i from -OFFSET_RADIUS to +OFFSET_RADIUS get a bin each; the two outer bins
@@ -146,8 +147,8 @@ def shard_sums(store: Store, shard: int) -> HeadSums:
     special = tokens["is_special"].to_numpy()
     sums = HeadSums.create(len(store.layers), store.n_heads, store.head_dim)
     for index, layer in enumerate(store.layers):
-        q = np.stack([store._vectors("q", layer, h, rows) for h in range(store.n_heads)])
-        k = np.stack([store._vectors("k", layer, h, rows) for h in range(store.n_heads)])
+        q = np.stack([store.queries(layer, h, rows) for h in range(store.n_heads)])
+        k = np.stack([store.keys(layer, h, rows) for h in range(store.n_heads)])
         scale, window = store.score_scale(layer), store.attention_window(layer)
         for start, length in zip(starts, lengths, strict=True):
             doc = slice(start, start + length)
@@ -187,37 +188,55 @@ def jensen_shannon_distances(profiles: np.ndarray) -> np.ndarray:
     return distance
 
 
-def compute_metrics(store: Store | str | Path, progress: bool = True, force: bool = False) -> pd.DataFrame:
-    """Compute and store every head's metrics and the head-similarity matrix; returns the metrics."""
-    from tqdm.auto import tqdm
+class MetricsStage(Stage):
+    """One unit per shard (every head's sums over it); finish combines them and writes the metrics."""
 
+    name = "metrics"
+    work_unit = "shard"
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def temp_folders(self) -> list[Path]:
+        return [self.store.path]  # what an interrupted run left behind
+
+    def units(self) -> list[int]:
+        return self.store.committed_shards()
+
+    def describe(self, shard: int) -> str:
+        return f"metrics of shard {shard}"
+
+    def run_unit(self, shard: int, progress: Progress = QUIET) -> HeadSums:
+        return shard_sums(self.store, shard)
+
+    def finish(self, results: dict[int, HeadSums]) -> pd.DataFrame:
+        sums = HeadSums.create(len(self.store.layers), self.store.n_heads, self.store.head_dim)
+        for part in results.values():
+            sums = sums.combine(part)
+        table = sums.finalize(self.store.layers)
+        profiles = sums.offset_profiles()
+        similarity, order = head_similarity(profiles)
+        table["order"] = np.argsort(order)
+        write_metrics(self.store.path, table, profiles, similarity, OFFSET_BINS)
+        return self.store.metrics
+
+
+def plan_metrics(store: Store | str | Path) -> MetricsStage:
+    """Check that ``store`` can have metrics (complete, not empty); nothing is computed or written."""
     store = store if isinstance(store, Store) else open_store(store)
     if not store.complete:
         raise StoreError(f"store {store.path} is incomplete: finish `qkscale extract` before computing metrics")
     if store.n_tokens == 0:
         raise StoreError(f"store {store.path} holds no vectors")
-    if store.has_metrics and not force:
-        return store.metrics
-    remove_temps(store.path)  # what an interrupted run left behind
-    sums = empty_sums(store)
-    for shard in tqdm(store.committed_shards(), unit="shard", desc="metrics", disable=not progress, dynamic_ncols=True):
-        sums = sums.combine(shard_sums(store, shard))
-    return write_head_metrics(store, sums)
+    return MetricsStage(store)
 
 
-def empty_sums(store: Store) -> HeadSums:
-    """Zero sums for every stored head, to combine shard sums into."""
-    return HeadSums.create(len(store.layers), store.n_heads, store.head_dim)
-
-
-def write_head_metrics(store: Store, sums: HeadSums) -> pd.DataFrame:
-    """Finish the sums of every shard into the stored metrics, offsets and head similarity."""
-    table = sums.finalize(store.layers)
-    profiles = sums.offset_profiles()
-    similarity, order = head_similarity(profiles)
-    table["order"] = np.argsort(order)
-    write_metrics(store.path, table, profiles, similarity, OFFSET_BINS)
-    return store.metrics
+def compute_metrics(store: Store | str | Path, progress: bool = True, force: bool = False) -> pd.DataFrame:
+    """Compute and store every head's metrics and the head-similarity matrix; returns the metrics."""
+    stage = plan_metrics(store)
+    if stage.store.has_metrics and not force:
+        return stage.store.metrics
+    return run_stage(stage, progress=progress).value
 
 
 # What `qkscale metrics` lists: (title, column, largest first).

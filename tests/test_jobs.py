@@ -342,3 +342,130 @@ def test_every_workflow_is_a_valid_documented_spec():
     demo = load_spec(Path(__file__).parent.parent / "workflows" / "demo.yaml")
     assert (demo.model, demo.corpus, demo.metrics) == ("minilm", "builtin", True)
     assert demo.projection.layers is None and demo.projection.heads is None  # every head
+
+
+# -- one engine: the same stages as the CLI, failures named, tasks that carry ids only -------------
+def _rewrite_vectors(shard_dir: Path, change) -> None:
+    """Replace a committed shard's vectors.arrow by ``change(table)`` (same schema): damage for the tests."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    path = shard_dir / "vectors.arrow"
+    table = change(ipc.open_file(pa.BufferReader(path.read_bytes())).read_all())
+    with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _copy_store(reference, out: Path):
+    import shutil
+
+    shutil.copytree(reference.path, out)
+    return qkscale.open_store(out)
+
+
+def test_a_job_with_the_generic_adapter_equals_extract_with_the_same_flags(tmp_path, cluster, run_cli):
+    from conftest import _save_tiny_encoder
+
+    electra = _save_tiny_encoder(tmp_path / "electra", "electra")
+    adapter = {
+        "q_module": "encoder.layer.{layer}.attention.self.query",
+        "k_module": "encoder.layer.{layer}.attention.self.key",
+        "bucket": False,
+        "limit_docs": 40,
+        "max_length": 32,
+        "batch_size": 8,
+    }
+    code, _, err = run_cli(
+        "extract", "--model", electra, "--corpus", "builtin", "--out", tmp_path / "cli", "--docs-per-shard", "10",
+        "--q-module", adapter["q_module"], "--k-module", adapter["k_module"], "--no-bucket",
+        "--limit-docs", "40", "--max-length", "32", "--batch-size", "8",
+    )  # fmt: skip
+    assert code == 0, err
+    spec = parse_spec(
+        _spec(
+            "generic",
+            tmp_path / "job",
+            model=str(electra),
+            extract=adapter,
+            sampling={"docs_per_shard": 10},
+            projection=None,
+            metrics=False,
+        )
+    )
+    run_job(spec, cluster, tmp_path / "job", new_job_id(spec), "local")
+    store, reference = qkscale.open_store(tmp_path / "job"), qkscale.open_store(tmp_path / "cli")
+    assert store.manifest["model"]["family"] == "generic" and store.manifest["options"]["bucket"] is False
+    assert (
+        store.manifest["model"] == reference.manifest["model"]
+        and store.manifest["options"] == reference.manifest["options"]
+    )
+    _assert_same_store(store, reference)
+
+
+def test_a_failing_projection_stops_the_job_naming_the_head(tmp_path, single_store, cluster):
+    import pyarrow as pa
+
+    out = tmp_path / "s"
+    _copy_store(single_store, out)
+
+    def poison(table):  # every query of L5H0 in this shard is NaN: that head's fit cannot succeed
+        column = table.schema.get_field_index("q.5.0")
+        nan = pa.array(np.full(len(table) * single_store.head_dim, np.nan, np.float16))
+        values = pa.FixedSizeListArray.from_arrays(nan, single_store.head_dim)
+        return table.set_column(column, table.schema.field(column), values)
+
+    _rewrite_vectors(out / "shards" / "00003", poison)
+    spec = parse_spec(_spec("poisoned", out, metrics=False))  # PCA of L5 H0-1
+    with pytest.raises(JobError) as error:
+        run_job(spec, cluster, out, new_job_id(spec), "local")
+    assert str(error.value).startswith("head L5H0 pca-2d failed 3 times: "), error.value
+    assert read_job(out)["state"] == "failed"
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_a_failing_metrics_unit_stops_the_job_and_the_cli_naming_the_shard(tmp_path, single_store, cluster, run_cli):
+    last = single_store.manifest["n_shards"] - 1
+
+    def truncate(table):  # the last shard's vectors lose their last rows: its metrics cannot be computed
+        return table.slice(0, len(table) - 5)
+
+    for name in ("job", "cli"):
+        _copy_store(single_store, tmp_path / name)
+        _rewrite_vectors(tmp_path / name / "shards" / f"{last:05d}", truncate)
+    spec = parse_spec(_spec("damaged", tmp_path / "job", projection=None))
+    with pytest.raises(JobError) as error:
+        run_job(spec, cluster, tmp_path / "job", new_job_id(spec), "local")
+    assert str(error.value).startswith(f"metrics of shard {last} failed 3 times: "), error.value
+    code, _, err = run_cli("metrics", tmp_path / "cli")  # the serial executor: the same policy, the same line
+    last_line = err.strip().splitlines()[-1]  # after the progress bar
+    assert code == 2 and last_line.startswith(f"qkscale: error: metrics of shard {last} failed 3 times: ")
+    assert not (tmp_path / "job" / "metrics").exists() and not (tmp_path / "cli" / "metrics").exists()
+
+
+def test_tasks_receive_unit_ids_not_documents(tmp_path, cluster):
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class TaskArguments(SchedulerPlugin):
+        """Records the pickled size and arguments of every qkscale task the scheduler is given."""
+
+        def __init__(self):
+            self.seen: list[tuple[str, int, str]] = []
+
+        def update_graph(self, scheduler, *, keys, **kwargs) -> None:
+            import pickle
+
+            for key in keys:
+                task = scheduler.tasks.get(key)
+                if task is not None and str(key).startswith("qkscale-"):
+                    self.seen.append((str(key), len(pickle.dumps(task.run_spec)), repr(task.run_spec)))
+
+    cluster.client.register_plugin(TaskArguments(), name="task-arguments")
+    spec = parse_spec(_spec("ids", tmp_path / "s", extract={"limit_docs": 40}))
+    run_job(spec, cluster, tmp_path / "s", new_job_id(spec), "local")
+    seen = cluster.client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins["task-arguments"].seen)
+    extract_tasks = [task for task in seen if task[0].startswith("qkscale-extract")]
+    assert len(extract_tasks) == 4 and len(seen) == 4 + 4 + 2  # shards, metrics of each shard, heads
+    texts = qkscale.open_store(tmp_path / "s").documents["text"]
+    for key, size, arguments in seen:
+        assert size < 1000, (key, size)  # a function, a plugin name and a unit id
+        assert not any(text[:30] in arguments for text in texts), key

@@ -249,4 +249,5 @@ def test_incomplete_or_foreign_store_is_refused(store_copy, tmp_path, run_cli):
 
 def test_plan_is_checked_before_any_work(store_copy):
     plan = plan_projection(store_copy, method="pca", layers="0-1", heads="0,5")
-    assert plan.heads == [(0, 0), (0, 5), (1, 0), (1, 5)] and plan.todo == plan.heads
+    assert plan.heads == [(0, 0), (0, 5), (1, 0), (1, 5)]
+    assert plan.units() == [("pca", 2, *head) for head in plan.heads]

@@ -65,7 +65,7 @@ def test_one_head_reads_equal_full_arrays(builtin_store):
             np.testing.assert_array_equal(q, full[f"q.{layer}.{head}"])
             np.testing.assert_array_equal(k, full[f"k.{layer}.{head}"])
     rows = builtin_store.doc_rows(37)  # a document in the middle shard
-    np.testing.assert_array_equal(builtin_store._vectors("q", 2, 3, rows), full["q.2.3"][rows])
+    np.testing.assert_array_equal(builtin_store.queries(2, 3, rows), full["q.2.3"][rows])
 
 
 def test_heads_differ(builtin_store):

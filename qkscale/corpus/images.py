@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qkscale.corpus.index import Position, Sharded
 from qkscale.errors import CorpusError
 
 BUILTIN_IMAGES = "builtin-images"
@@ -51,16 +52,22 @@ class Image:
 
 
 @dataclass
-class ImageCorpus:
-    """An ordered list of readable images (and the files that were skipped as unreadable)."""
+class ImageCorpus(Sharded[Image]):
+    """An ordered list of readable images (and the files that were skipped as unreadable).
+
+    Each image is one source of the shard index: a shard's cursor is the index of its first image.
+    """
 
     spec: str
     images: list[Image]
     skipped: list[str] = field(default_factory=list)
     modality = "image"
 
-    def documents(self) -> Iterator[Image]:
-        yield from self.images
+    def _sources(self) -> list[Path | None]:
+        return [image.path for image in self.images]
+
+    def _read_source(self, source: int, start: Position) -> Iterator[tuple[Position, Image]]:
+        yield start, self.images[source]
 
     def count(self, limit: int | None = None) -> int:
         return len(self.images[:limit])

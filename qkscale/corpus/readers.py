@@ -1,8 +1,10 @@
 """Corpus sources: the builtin prose or files (.txt, .jsonl, .parquet, or a folder of them).
 
 Every source streams its documents (memory stays bounded whatever the corpus size) and can be
-checked in a first streaming pass (:meth:`Corpus.count`) so that bad input is reported before
-anything is written.
+checked in a first streaming pass (:meth:`Corpus.count`, or :meth:`Corpus.index`, which also records
+where each shard starts) so that bad input is reported before anything is written. Each reader
+takes the position to start from and yields ``((offset, number), text)``: for .txt/.jsonl the byte
+offset and 1-based number of the line, for .parquet ``(row, row + 1)`` (see :mod:`qkscale.corpus.index`).
 """
 
 from __future__ import annotations
@@ -15,45 +17,51 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from qkscale.corpus.index import Position, Sharded, no_documents
 from qkscale.errors import CorpusError
 
 BUILTIN = "builtin"
 
 
-def _read_text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` of a UTF-8 text file, refusing binary or other encodings."""
+def _read_text_lines(path: Path, start: Position) -> Iterator[tuple[Position, str]]:
+    """``((byte_offset, line_number), line)`` of a UTF-8 text file from ``start``, refusing binary or other
+    encodings."""
+    offset, number = start
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        handle.seek(offset)
+        for raw in handle:
             if b"\x00" in raw:
                 raise CorpusError(f"{path} is a binary file (NUL byte on line {number}), not UTF-8 text")
             try:
-                yield number, raw.decode("utf-8")
+                yield (offset, number), raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise CorpusError(f"{path}: line {number} is not UTF-8 text") from None
+            offset += len(raw)
+            number += 1
 
 
-def read_txt(path: Path) -> Iterator[str]:
+def read_txt(path: Path, start: Position) -> Iterator[tuple[Position, str]]:
     """One document per line."""
-    for _, line in _read_text_lines(path):
-        yield line
+    yield from _read_text_lines(path, start)
 
 
-def read_jsonl(path: Path) -> Iterator[str]:
+def read_jsonl(path: Path, start: Position) -> Iterator[tuple[Position, str]]:
     """One JSON object per line, its document in the field ``text``."""
-    for number, line in _read_text_lines(path):
+    for position, line in _read_text_lines(path, start):
         if not line.strip():
             continue
+        number = position[1]
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             raise CorpusError(f"{path}: line {number} is not valid JSON") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise CorpusError(f"{path}: line {number} has no string field 'text'")
-        yield record["text"]
+        yield position, record["text"]
 
 
-def read_parquet(path: Path) -> Iterator[str]:
-    """The string column ``text``, read in row batches."""
+def _open_parquet(path: Path):
+    """The ``pyarrow.parquet.ParquetFile`` at ``path``, checked to hold a string column ``text``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -65,16 +73,46 @@ def read_parquet(path: Path) -> Iterator[str]:
     text_type = schema.field("text").type if "text" in schema.names else None
     if text_type is None or not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
         raise CorpusError(f"{path} has no string column 'text' (columns: {', '.join(schema.names)})")
-    for batch in parquet.iter_batches(columns=["text"], batch_size=4096):
-        yield from (text for text in batch.column(0).to_pylist() if text is not None)
+    return parquet
 
 
-READERS: dict[str, Callable[[Path], Iterator[str]]] = {".txt": read_txt, ".jsonl": read_jsonl, ".parquet": read_parquet}
+def _row_groups_from(parquet, row: int) -> tuple[list[int], int]:
+    """The row groups holding rows ``row`` and after, and the number of the first row of the first one."""
+    first = 0
+    for group in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        if first + rows > row:
+            return list(range(group, parquet.num_row_groups)), first
+        first += rows
+    return [], first
+
+
+def read_parquet(path: Path, start: Position) -> Iterator[tuple[Position, str]]:
+    """The string column ``text`` from row ``start[0]`` on, read in row batches of the row groups holding it;
+    a document's position is ``(row, row + 1)``."""
+    parquet = _open_parquet(path)
+    row = start[0]
+    groups, first = _row_groups_from(parquet, row)
+    if not groups:
+        return
+    for batch in parquet.iter_batches(columns=["text"], batch_size=4096, row_groups=groups):
+        skip = min(max(0, row - first), batch.num_rows)
+        for number, text in enumerate(batch.column(0).slice(skip).to_pylist(), start=first + skip):
+            if text is not None:
+                yield (number, number + 1), text
+        first += batch.num_rows
+
+
+READERS: dict[str, Callable[[Path, Position], Iterator[tuple[Position, str]]]] = {
+    ".txt": read_txt,
+    ".jsonl": read_jsonl,
+    ".parquet": read_parquet,
+}
 
 
 @dataclass
-class Corpus:
-    """A named, ordered stream of non-empty documents."""
+class Corpus(Sharded[str]):
+    """A named, ordered stream of non-empty documents: the builtin prose (one source) or files."""
 
     spec: str
     files: list[Path] = field(default_factory=list)
@@ -84,18 +122,24 @@ class Corpus:
     def is_builtin(self) -> bool:
         return self.spec == BUILTIN
 
-    def documents(self) -> Iterator[str]:
-        """Every document, stripped, empty ones skipped, in a deterministic order."""
-        if self.is_builtin:
-            from qkscale.corpus.builtin import builtin_sentences
+    def _sources(self) -> list[Path | None]:
+        return [None] if self.is_builtin else list(self.files)
 
-            yield from builtin_sentences()
-            return
-        for path in self.files:
-            for text in READERS[path.suffix.lower()](path):
-                text = text.strip()
-                if text:
-                    yield text
+    def _read_source(self, source: int, start: Position) -> Iterator[tuple[Position, str]]:
+        """The documents of one source, stripped, empty ones skipped."""
+        for position, text in self._texts(source, start):
+            text = text.strip()
+            if text:
+                yield position, text
+
+    def _texts(self, source: int, start: Position) -> Iterator[tuple[Position, str]]:
+        if not self.is_builtin:
+            path = self.files[source]
+            return READERS[path.suffix.lower()](path, start)
+        from qkscale.corpus.builtin import builtin_sentences
+
+        sentences = builtin_sentences()
+        return (((index, index + 1), sentences[index]) for index in range(start[0], len(sentences)))
 
     def count(self, limit: int | None = None) -> int:
         """Read the corpus (or its first ``limit`` documents) once, streaming, to check it.
@@ -104,7 +148,7 @@ class Corpus:
         """
         n = sum(1 for _ in islice(self.documents(), limit))
         if n == 0:
-            raise CorpusError(f"corpus {self.spec} holds no documents")
+            raise no_documents(self.spec)
         return n
 
     def describe(self) -> dict[str, Any]:

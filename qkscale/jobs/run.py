@@ -1,35 +1,32 @@
-"""Run a job on a Dask cluster: extract shards, then metrics and projections, resumably.
+"""Run a job on a Dask cluster: the extract, metrics and project stages, resumably.
 
-The coordinator (:func:`run_job`) plans everything first (bad input fails before any task), cuts
-the corpus into the extraction's deterministic shards and keeps a bounded number of shard tasks
-in flight. Only the tasks' atomic commits write the store; a rerun skips committed shards and
-projected heads. Dask reruns the task of a worker that died; a task that raises is retried
-:data:`RETRIES` times, then the job stops with an error naming the shard and its documents.
+The coordinator (:func:`run_job`) plans everything first (bad input fails before any task), then
+runs each stage through the engine's one policy (:func:`qkscale.engine.run_stage`) with the Dask
+executor: tasks carry unit ids (shard numbers, head keys) and the stage reaches every worker once,
+in a WorkerPlugin that loads the model. Only the units' atomic commits write the store; a rerun
+skips committed shards and projected heads. A unit that fails 3 times stops the job with an error
+naming it (``shard 12 (documents 3072-3327)``, ``head L3H7 umap-2d``); pending tasks are cancelled.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from qkscale.cluster import Cluster, connect, is_address, workers_see_cuda
-from qkscale.corpus import shards
-from qkscale.extraction import ExtractionPlan, finish_store, load_inputs, plan_extraction, start_store
-from qkscale.jobs import tasks
+from qkscale.engine import Stage, StageError, Tally, run_stage
+from qkscale.extraction import ExtractionPlan, ExtractStage, plan_extraction
+from qkscale.jobs.executor import DaskExecutor
 from qkscale.jobs.record import JobError, JobRecord, check_owner, read_job
 from qkscale.jobs.spec import JobSpec
-from qkscale.metrics import empty_sums, write_head_metrics
-from qkscale.project.run import ProjectionPlan, plan_projection
-from qkscale.store import Store
-from qkscale.store.files import remove_temps
-from qkscale.store.projections import PROJECTIONS, projection_key
+from qkscale.metrics import plan_metrics
+from qkscale.project.run import plan_projection
 
 SUBMIT_WAIT = 120  # seconds `submit` waits for a worker to start the job
-RETRIES = 2  # extra tries of a task that raised (a lost worker's task is rerun by Dask itself)
-IN_FLIGHT_PER_WORKER = 2  # shard tasks queued per worker: documents are read as tasks finish
 
 
 @dataclass
@@ -98,21 +95,8 @@ def _workers_device(spec: JobSpec, cluster: Cluster) -> str:
 
 def plan_job(spec: JobSpec, out: Path, device: str) -> ExtractionPlan:
     """Check the spec against the model, corpus and store for workers on ``device`` (nothing is written)."""
-    options = spec.extract
-    plan = plan_extraction(
-        spec.model,
-        spec.corpus,
-        out,
-        max_length=options.max_length,
-        batch_size=options.batch_size,
-        limit_docs=options.limit_docs,
-        max_tokens=spec.sampling.max_tokens,
-        layers=options.layers,
-        docs_per_shard=spec.sampling.docs_per_shard,
-        device=device,
-        dtype=options.dtype,
-        check_device=False,
-    )
+    options = asdict(replace(spec.extract, device=device))
+    plan = plan_extraction(out=out, check_device=False, **options)
     check_owner(plan.out, spec)
     return plan
 
@@ -129,166 +113,53 @@ def run_job(
     """The coordinator: every stage of ``spec`` as tasks on ``cluster``; ``job.json`` follows it."""
     started = time.perf_counter()
     plan = plan or plan_job(spec, out, _workers_device(spec, cluster))
-    projection_plans = []
     record = JobRecord(plan.out, spec, job_id, scheduler)
+    executor = DaskExecutor(cluster)
+    tokens = heads = 0
+
+    def stage(stage: Stage, on_result: Callable[[Any, Any, Tally], None] | None = None):
+        try:
+            return run_stage(stage, executor, progress=progress, on_result=on_result)
+        except StageError as exc:
+            raise JobError(str(exc)) from None
+
     try:
-        start_store(plan, load_inputs(plan.info.source, plan.family, plan.max_length))
+        extraction = ExtractStage(plan)
         record.update(shards_total=plan.n_shards)
-        tokens, extract_seconds = _extract(cluster, plan, record, progress)
-        store = finish_store(plan)
+        extract_started = time.perf_counter()
+
+        def extracted(shard: int, info: dict[str, int], tally: Tally) -> None:
+            nonlocal tokens
+            tokens += info["n_tokens"]
+            elapsed = time.perf_counter() - extract_started
+            record.update(
+                shards_done=plan.n_shards - tally.todo + tally.done,
+                tokens_extracted=tokens,
+                tokens_per_s=round(tokens / elapsed, 1),
+            )
+
+        store = stage(extraction, extracted).value
+        extract_seconds = time.perf_counter() - extract_started
         if spec.metrics and not store.has_metrics:
-            _metrics(cluster, store, progress)
+            stage(plan_metrics(store))
         if spec.projection is not None:
-            projection_plans = _plan_projections(spec, store)
-            record.update(heads_total=sum(len(p.heads) for p in projection_plans))
-            _project(cluster, projection_plans, spec.projection.backend, record, progress)
+            projection = plan_projection(store, **asdict(spec.projection))
+            total, already = projection.work_total()
+            record.update(heads_total=total)
+
+            def projected(unit: Any, result: Any, tally: Tally) -> None:
+                nonlocal heads
+                heads = tally.done
+                record.update(heads_done=already + tally.done)
+
+            stage(projection, projected)
     except BaseException as exc:
         record.failure(f"{type(exc).__name__}: {exc}")
         record.update(state="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
         raise
-    summary = JobSummary(
-        plan.out,
-        tokens,
-        extract_seconds,
-        sum(len(p.todo) for p in projection_plans),
-        time.perf_counter() - started,
-    )
+    summary = JobSummary(plan.out, tokens, extract_seconds, heads, time.perf_counter() - started)
     record.update(state="done", tokens=store.n_tokens, metrics=store.has_metrics, summary=summary.format())
     return summary
-
-
-def _bar(total: int, initial: int, unit: str, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=not enabled, dynamic_ncols=True)
-
-
-def _extract(cluster: Cluster, plan: ExtractionPlan, record: JobRecord, progress: bool) -> tuple[int, float]:
-    """Extract every uncommitted shard as a task; returns (tokens extracted, seconds)."""
-    from distributed import as_completed
-
-    store = Store(plan.out)
-    done = set(store.committed_shards())
-    todo: Iterator[tuple[int, list]] = (
-        (shard, docs) for shard, docs in enumerate(shards(plan.documents(), plan.docs_per_shard)) if shard not in done
-    )
-    worker_plan = replace(plan, corpus=None)  # workers get their documents with each task
-    run_id = uuid.uuid4().hex[:8]
-    documents: dict[str, tuple[int, int, int]] = {}  # task key -> (shard, first doc, last doc)
-    pending = as_completed()
-
-    def submit_next() -> bool:
-        item = next(todo, None)
-        if item is None:
-            return False
-        shard, docs = item
-        future = cluster.client.submit(
-            tasks.extract_shard_task,
-            worker_plan,
-            shard,
-            docs,
-            key=f"qkscale-extract-{run_id}-{shard}",
-            retries=RETRIES,
-            resources=cluster.task_resources(),
-        )
-        documents[future.key] = (shard, docs[0][0], docs[-1][0])
-        pending.add(future)
-        return True
-
-    for _ in range(IN_FLIGHT_PER_WORKER * max(cluster.n_workers, 1)):
-        if not submit_next():
-            break
-    tokens, started = 0, time.perf_counter()
-    with _bar(plan.n_shards, len(done), "shard", "extract", progress) as bar:
-        for future in pending:
-            shard, first, last = documents.pop(future.key)
-            if future.status != "finished":
-                _cancel(cluster, pending)
-                exc = future.exception()
-                raise JobError(
-                    f"shard {shard} (documents {first}-{last}) failed {RETRIES + 1} times: {type(exc).__name__}: {exc}"
-                )
-            tokens += future.result()["n_tokens"]
-            elapsed = time.perf_counter() - started
-            bar.update()
-            bar.set_postfix_str(f"{tokens / elapsed:,.0f} tokens/s", refresh=False)
-            record.update(shards_done=bar.n, tokens_extracted=tokens, tokens_per_s=round(tokens / elapsed, 1))
-            submit_next()
-    return tokens, time.perf_counter() - started
-
-
-def _cancel(cluster: Cluster, pending) -> None:
-    futures = list(pending.futures)
-    if futures:
-        cluster.client.cancel(futures)
-
-
-def _metrics(cluster: Cluster, store: Store, progress: bool) -> None:
-    """Head metrics: one task per shard (every head's sums), combined here, then written."""
-    from distributed import as_completed
-
-    remove_temps(store.path)
-    committed = store.committed_shards()
-    futures = cluster.client.map(
-        tasks.shard_sums_task, [str(store.path)] * len(committed), committed, retries=RETRIES, pure=False
-    )
-    sums = empty_sums(store)
-    with _bar(len(committed), 0, "shard", "metrics", progress) as bar:
-        for future in as_completed(futures):
-            sums = sums.combine(future.result())
-            bar.update()
-    write_head_metrics(store, sums)
-
-
-def _plan_projections(spec: JobSpec, store: Store) -> list[ProjectionPlan]:
-    options = spec.projection
-    return [
-        plan_projection(
-            store,
-            method=method,
-            dims=dims,
-            backend=options.backend,
-            layers=options.layers,
-            heads=options.heads,
-            sample=options.sample,
-            metric=options.metric,
-            seed=options.seed,
-        )
-        for method in options.methods
-        for dims in options.dims
-    ]
-
-
-def _project(cluster: Cluster, plans: list[ProjectionPlan], backend: str, record: JobRecord, progress: bool) -> None:
-    """One task per (head, method, dims) not done yet; ``backend`` (``auto``: the worker's best)."""
-    from distributed import as_completed
-
-    total = sum(len(p.heads) for p in plans)
-    done = sum(len(p.done) for p in plans)
-    futures = []
-    for plan in plans:
-        settings = plan.settings
-        remove_temps(plan.store.path / PROJECTIONS / projection_key(settings.method, settings.dims))
-        for layer, head in plan.todo:
-            futures.append(
-                cluster.client.submit(
-                    tasks.project_head_task,
-                    str(plan.store.path),
-                    layer,
-                    head,
-                    settings,
-                    backend,
-                    retries=RETRIES,
-                    resources=cluster.task_resources(),
-                    pure=False,
-                )
-            )
-    with _bar(total, done, "head", "project", progress) as bar:
-        for future in as_completed(futures):
-            record_ = future.result()
-            bar.update()
-            bar.set_postfix_str(f"L{record_['layer']} H{record_['head']}", refresh=False)
-            record.update(heads_done=bar.n)
 
 
 def run_job_task(spec: JobSpec, out: str, job_id: str, scheduler: str) -> str:

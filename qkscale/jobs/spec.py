@@ -8,75 +8,54 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qkscale.errors import QKScaleError
+from qkscale.options import SpecError, from_mapping, option, sections
+from qkscale.stage_options import ExtractOptions, ProjectOptions
 
 CLUSTER_KINDS = ("local", "local-cuda", "address")
 
-
-class SpecError(QKScaleError):
-    """The job spec is missing, not YAML, or has a bad field."""
-
-
-@dataclass(frozen=True)
-class ExtractSpec:
-    """How to run the model (the options of ``qkscale extract``)."""
-
-    max_length: int = 128
-    layers: str | None = None  # "0,2-4"; None for all
-    batch_size: int = 64
-    dtype: str = "auto"
-    device: str = "auto"
-    limit_docs: int | None = None
-
-
-@dataclass(frozen=True)
-class SamplingSpec:
-    """How much of the corpus, and in what units of work."""
-
-    max_tokens: int | None = None  # the first documents holding at most this many tokens
-    docs_per_shard: int = 256
-
-
-@dataclass(frozen=True)
-class ProjectionSpec:
-    """Which joint embeddings to compute, one task per (head, method, dims)."""
-
-    methods: tuple[str, ...] = ("umap",)
-    dims: tuple[int, ...] = (2,)
-    backend: str = "auto"
-    sample: int = 20_000
-    layers: str | None = None
-    heads: str | None = None
-    metric: str = "cosine"
-    seed: int = 0
+__all__ = ["CLUSTER_KINDS", "ClusterSpec", "JobSpec", "SpecError", "load_spec", "parse_spec"]
 
 
 @dataclass(frozen=True)
 class ClusterSpec:
     """Where the tasks run: ``local`` worker processes, ``local-cuda`` (one per GPU) or ``address``."""
 
-    kind: str = "local"
-    address: str | None = None  # tcp://host:8786 for kind: address
-    workers: int | None = None  # local: default = CPU cores; local-cuda: default = every GPU
-    threads: int = 1  # per worker
-    memory: str | None = None  # per worker, e.g. "4GiB"; default: Dask's share of the machine
+    kind: str = option("local", "local, local-cuda or address.", choices=CLUSTER_KINDS)
+    address: str | None = option(None, "tcp://host:8786 for kind: address.")
+    workers: int | None = option(None, "local: default = CPU cores; local-cuda: default = every GPU.", min=1)
+    threads: int = option(1, "Threads per worker.", min=1)
+    memory: str | int | None = option(None, "Per worker, e.g. 4GiB; default: Dask's share of the machine.")
+
+
+@dataclass(frozen=True)
+class _JobFields:
+    """The spec's own top-level fields (the others belong to a stage's options or a section)."""
+
+    name: str = option("", "The job's name (its store defaults to stores/<name>).")
+    out: str | None = option(None, "Store folder, relative to the working directory.")
+    metrics: bool = option(True, "Compute head metrics.")
 
 
 @dataclass(frozen=True)
 class JobSpec:
     name: str
-    model: str = "minilm"
-    corpus: str = "auto"
     out: str | None = None  # default: stores/<name>, relative to the working directory
-    extract: ExtractSpec = field(default_factory=ExtractSpec)
-    sampling: SamplingSpec = field(default_factory=SamplingSpec)
-    projection: ProjectionSpec | None = field(default_factory=ProjectionSpec)  # null: no projections
+    extract: ExtractOptions = field(default_factory=ExtractOptions)
+    projection: ProjectOptions | None = field(default_factory=ProjectOptions)  # null: no projections
     metrics: bool = True
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
+
+    @property
+    def model(self) -> str:
+        return self.extract.model
+
+    @property
+    def corpus(self) -> str:
+        return self.extract.corpus
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +69,15 @@ class JobSpec:
         return Path(out or self.out or Path("stores") / self.name).expanduser()
 
 
-_SECTIONS = {"extract": ExtractSpec, "sampling": SamplingSpec, "projection": ProjectionSpec, "cluster": ClusterSpec}
+# Where each section's fields come from: YAML key -> (options class, the fields' section in it).
+_SECTIONS: dict[str, tuple[type, str | None]] = {
+    "extract": (ExtractOptions, None),
+    "sampling": (ExtractOptions, "sampling"),
+    "projection": (ProjectOptions, None),
+    "cluster": (ClusterSpec, None),
+}
+_TOP_EXTRACT = tuple(sections(ExtractOptions)["job"])  # model, corpus: written at the top level
+_TOP_OWN = tuple(sections(_JobFields)[None])
 
 
 def load_spec(path: str | Path) -> JobSpec:
@@ -110,112 +97,39 @@ def load_spec(path: str | Path) -> JobSpec:
 
 
 def parse_spec(data: Any, source: str = "job spec") -> JobSpec:
-    """Validate a spec given as a dict (the parsed YAML)."""
+    """Validate a spec given as a dict (the parsed YAML): every field is declared by an options class."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping of fields (name, model, corpus, ...)")
-    values = _check_fields(data, JobSpec, "", source)
-    for name, section in _SECTIONS.items():
-        if name in values:
-            if values[name] is None and name == "projection":
-                continue
-            if not isinstance(values[name], dict):
-                raise SpecError(f"{source}: {name}: expected a mapping of fields")
-            values[name] = section(**_check_fields(values[name], section, f"{name}.", source))
-    spec = JobSpec(**values)
+    known = sorted({*_TOP_OWN, *_TOP_EXTRACT, *_SECTIONS})
+    for key in data:
+        if key not in known:
+            raise SpecError(f"{source}: unknown field '{key}' (known: {', '.join(known)})")
+    if data.get("name") in (None, ""):
+        raise SpecError(f"{source}: missing field 'name'")
+    own = from_mapping(_JobFields, {k: v for k, v in data.items() if k in _TOP_OWN}, "", source)
+    values: dict[str, dict[str, Any]] = {"extract": {}, "projection": {}, "cluster": {}}
+    values["extract"] = from_mapping(
+        ExtractOptions, {k: v for k, v in data.items() if k in _TOP_EXTRACT}, "", source, section="job"
+    )
+    for key, (cls, section) in _SECTIONS.items():
+        if key in data and not (key == "projection" and data[key] is None):
+            target = "extract" if cls is ExtractOptions else key
+            values[target].update(from_mapping(cls, data[key], key, source, section))
+    projection = None if "projection" in data and data["projection"] is None else ProjectOptions(**values["projection"])
+    spec = JobSpec(
+        **own,
+        extract=ExtractOptions(**values["extract"]),
+        projection=projection,
+        cluster=ClusterSpec(**values["cluster"]),
+    )
     _check_values(spec, source)
     return spec
 
 
-# Field types as written in the YAML: what each field accepts.
-_TYPES: dict[str, tuple[type, ...]] = {
-    "name": (str,),
-    "model": (str,),
-    "corpus": (str,),
-    "out": (str,),
-    "metrics": (bool,),
-    "max_length": (int,),
-    "layers": (str, int),
-    "heads": (str, int),
-    "batch_size": (int,),
-    "dtype": (str,),
-    "device": (str,),
-    "limit_docs": (int,),
-    "max_tokens": (int,),
-    "docs_per_shard": (int,),
-    "methods": (list, str),
-    "dims": (list, int),
-    "backend": (str,),
-    "sample": (int,),
-    "metric": (str,),
-    "seed": (int,),
-    "kind": (str,),
-    "address": (str,),
-    "workers": (int,),
-    "threads": (int,),
-    "memory": (str, int),
-}
-_REQUIRED = ("name",)
-_POSITIVE = ("max_length", "batch_size", "limit_docs", "max_tokens", "docs_per_shard", "sample", "workers", "threads")
-
-
-def _check_fields(data: dict, cls: type, prefix: str, source: str) -> dict[str, Any]:
-    known = {f.name for f in fields(cls)}
-    for key in data:
-        if key not in known:
-            raise SpecError(f"{source}: unknown field '{prefix}{key}' (known: {', '.join(sorted(known))})")
-    for key in _REQUIRED if cls is JobSpec else ():
-        if data.get(key) in (None, ""):
-            raise SpecError(f"{source}: missing field '{key}'")
-    values = {}
-    for key, value in data.items():
-        if key in _SECTIONS and cls is JobSpec:
-            values[key] = value
-            continue
-        if value is None:
-            values[key] = None
-            continue
-        accepted = _TYPES[key]
-        if isinstance(value, bool) and bool not in accepted or not isinstance(value, accepted):
-            kinds = " or ".join(
-                {"str": "text", "int": "an integer", "bool": "true/false", "list": "a list"}[t.__name__]
-                for t in accepted
-            )
-            raise SpecError(f"{source}: {prefix}{key}: expected {kinds}, got {value!r}")
-        if key in _POSITIVE and value < 1:
-            raise SpecError(f"{source}: {prefix}{key}: expected a positive integer, got {value}")
-        values[key] = value
-    return _normalise(values)
-
-
-def _normalise(values: dict[str, Any]) -> dict[str, Any]:
-    """Lists become tuples (specs are frozen); layer/head numbers become selection text."""
-    if "methods" in values:
-        methods = values["methods"]
-        values["methods"] = tuple([methods] if isinstance(methods, str) else methods)
-    if "dims" in values:
-        dims = values["dims"]
-        values["dims"] = tuple([dims] if isinstance(dims, int) else dims)
-    for key in ("layers", "heads"):
-        if isinstance(values.get(key), int):
-            values[key] = str(values[key])
-    return values
-
-
 def _check_values(spec: JobSpec, source: str) -> None:
-    from qkscale.project.base import DIMS, METHODS
-
-    if spec.projection is not None:
-        for method in spec.projection.methods:
-            if method not in METHODS:
-                choices = ", ".join(METHODS)
-                raise SpecError(f"{source}: projection.methods: unknown method {method!r} (choose from {choices})")
-        for dims in spec.projection.dims:
-            if dims not in DIMS:
-                raise SpecError(f"{source}: projection.dims: expected 2 or 3, got {dims!r}")
+    """What no single field can tell: fields that need or exclude each other."""
     cluster = spec.cluster
-    if cluster.kind not in CLUSTER_KINDS:
-        raise SpecError(f"{source}: cluster.kind: expected one of {', '.join(CLUSTER_KINDS)}, got {cluster.kind!r}")
     if cluster.kind == "address" and not cluster.address:
         raise SpecError(f"{source}: cluster.address: kind 'address' needs a scheduler address (tcp://host:8786)")
-    if spec.sampling.max_tokens is not None and spec.extract.limit_docs is not None:
+    if spec.extract.max_tokens is not None and spec.extract.limit_docs is not None:
         raise SpecError(f"{source}: give sampling.max_tokens or extract.limit_docs, not both")

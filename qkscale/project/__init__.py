@@ -5,12 +5,11 @@ from qkscale.project.registry import BACKEND_CHOICES, BACKENDS, auto_backend, ge
 from qkscale.project.run import (
     DEFAULT_SAMPLE,
     METRICS,
-    ProjectionPlan,
     ProjectionSettings,
+    ProjectStage,
     plan_projection,
     project,
     project_head,
-    run_plan,
 )
 
 __all__ = [
@@ -21,12 +20,11 @@ __all__ = [
     "METHODS",
     "METRICS",
     "Backend",
-    "ProjectionPlan",
+    "ProjectStage",
     "ProjectionSettings",
     "auto_backend",
     "get_backend",
     "plan_projection",
     "project",
     "project_head",
-    "run_plan",
 ]

@@ -11,9 +11,8 @@ from typing import ClassVar
 import numpy as np
 
 from qkscale.errors import OptionError
+from qkscale.stage_options import DIMS, METHODS  # noqa: F401 (declared with the options, used here)
 
-METHODS = ("umap", "tsne", "pca")
-DIMS = (2, 3)
 N_NEIGHBORS = 15  # UMAP's neighbourhood, as in AttentionViz
 MIN_DIST = 0.1  # UMAP's
 PERPLEXITY = 30.0  # t-SNE's

@@ -9,26 +9,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from qkscale import __version__
+from qkscale.engine import QUIET, Progress, Stage, run_stage
 from qkscale.errors import OptionError, QKScaleError, StoreError
 from qkscale.joint import JointNormalization, normalize_with_info
+from qkscale.options import api_signature, from_keywords
 from qkscale.project.base import MIN_POINTS, Backend
 from qkscale.project.placement import CHUNK_POINTS, NeighborSearch, chunks, linear_map, place_by_neighbors
 from qkscale.project.registry import get_backend
 from qkscale.project.sampling import fit_points, trustworthiness
 from qkscale.selection import format_selection, parse_selection
+from qkscale.stage_options import DEFAULT_SAMPLE, DISTANCES, ProjectOptions
 from qkscale.store import Store, open_store
-from qkscale.store.files import remove_temps
 from qkscale.store.projections import PROJECTIONS, projection_key, projection_path, read_record, write_projection
 
-METRICS = ("cosine", "euclidean")
-DEFAULT_SAMPLE = 20_000
+METRICS = DISTANCES
 
 
 @dataclass(frozen=True)
@@ -54,19 +55,6 @@ class ProjectionSettings:
             raise OptionError(f"--sample {self.sample} is too small: {self.method} needs at least {need} points")
 
 
-@dataclass
-class ProjectionPlan:
-    store: Store
-    settings: ProjectionSettings
-    backend: Backend
-    heads: list[tuple[int, int]]
-    done: list[tuple[int, int]] = field(default_factory=list)
-
-    @property
-    def todo(self) -> list[tuple[int, int]]:
-        return [h for h in self.heads if h not in self.done]
-
-
 def _select(store: Store, layers: str | list[int] | None, heads: str | list[int] | None) -> list[tuple[int, int]]:
     stored = store.layers
     layer_list = stored if layers is None else parse_selection(layers, store.n_layers, "layers")
@@ -77,39 +65,37 @@ def _select(store: Store, layers: str | list[int] | None, heads: str | list[int]
     return [(layer, head) for layer in layer_list for head in head_list]
 
 
-def plan_projection(
-    store: Store | str | Path,
-    method: str = "umap",
-    dims: int = 2,
-    backend: str | Backend = "auto",
-    layers: str | list[int] | None = None,
-    heads: str | list[int] | None = None,
-    sample: int = DEFAULT_SAMPLE,
-    metric: str = "cosine",
-    seed: int = 0,
-    translate: bool = True,
-    scale: bool = True,
-    force: bool = False,
-) -> ProjectionPlan:
-    """Check everything a projection run needs; nothing is computed or written."""
+def plan_projection(store: Store | str | Path, *, force: bool = False, **options: Any) -> ProjectStage:
+    """Check everything a projection run needs (``options``: the fields of :class:`ProjectOptions`).
+
+    Nothing is computed or written. Heads that already have a projection are left out of the
+    stage's units, unless ``force``; one made with other settings is an error.
+    """
+    backend = options.pop("backend", "auto")  # a name, or a ready Backend instance
+    chosen = from_keywords(ProjectOptions, {**options, "backend": backend if isinstance(backend, str) else "auto"})
     store = store if isinstance(store, Store) else open_store(store)
     if not store.complete:
         done, planned = len(store.committed_shards()), store.manifest["n_shards"]
         raise StoreError(f"store {store.path} is incomplete ({done}/{planned} shards): finish `qkscale extract` first")
     if store.n_tokens == 0:
         raise StoreError(f"store {store.path} holds no vectors to project")
-    settings = ProjectionSettings(method, dims, metric, sample, seed, translate, scale)
-    settings.validate()
-    chosen = get_backend(backend)
-    chosen.check(method, dims)
-    if 2 * store.n_tokens < MIN_POINTS[method]:
-        raise StoreError(
-            f"{method} needs at least {MIN_POINTS[method]} points; this store's heads have {2 * store.n_tokens}"
-        )
-    plan = ProjectionPlan(store, settings, chosen, _select(store, layers, heads))
-    if not force:
-        plan.done = [h for h in plan.heads if _is_done(store, settings, *h)]
-    return plan
+    settings = [
+        ProjectionSettings(method, dims, chosen.metric, chosen.sample, chosen.seed, chosen.translate, chosen.scale)
+        for method in chosen.methods
+        for dims in chosen.dims
+    ]
+    checked = get_backend(backend)
+    for each in settings:
+        each.validate()
+        checked.check(each.method, each.dims)
+        if 2 * store.n_tokens < MIN_POINTS[each.method]:
+            raise StoreError(
+                f"{each.method} needs at least {MIN_POINTS[each.method]} points; "
+                f"this store's heads have {2 * store.n_tokens}"
+            )
+    heads = _select(store, chosen.layers, chosen.heads)
+    done = set() if force else {(s.method, s.dims, *h) for s in settings for h in heads if _is_done(store, s, *h)}
+    return ProjectStage(store, settings, heads, backend, done)
 
 
 def _is_done(store: Store, settings: ProjectionSettings, layer: int, head: int) -> bool:
@@ -226,28 +212,77 @@ def project_head(
     return record
 
 
-def run_plan(plan: ProjectionPlan, progress: bool = True) -> list[dict[str, Any]]:
-    """Project every head of ``plan`` not done yet, with a progress bar over heads."""
-    from tqdm.auto import tqdm
-
-    remove_temps(plan.store.path / PROJECTIONS / projection_key(plan.settings.method, plan.settings.dims))
-    records = []
-    label = f"{plan.settings.method} {plan.settings.dims}D ({plan.backend.name})"
-    with tqdm(
-        total=len(plan.heads), initial=len(plan.done), unit="head", desc=label, disable=not progress, dynamic_ncols=True
-    ) as bar:
-        for layer, head in plan.todo:
-
-            def report(stage: str, layer: int = layer, head: int = head) -> None:
-                bar.set_postfix_str(f"L{layer} H{head}: {stage}")
-
-            records.append(project_head(plan.store, layer, head, plan.settings, plan.backend, report))
-            bar.update()
-    return records
+Unit = tuple[str, int, int, int]  # method, dims, layer, head
 
 
-def project(store: Store | str | Path, progress: bool = True, **options: Any) -> Store:
-    """Project the selected heads of ``store`` (options of :func:`plan_projection`); returns the store."""
-    plan = plan_projection(store, **options)
-    run_plan(plan, progress=progress)
-    return plan.store
+class ProjectStage(Stage):
+    """One unit per (head, method, dims) not projected yet."""
+
+    name = "project"
+    work_unit = "head"
+    uses_gpu = True
+
+    def __init__(
+        self,
+        store: Store,
+        settings: list[ProjectionSettings],
+        heads: list[tuple[int, int]],
+        backend: Backend | str,
+        done: set[Unit],
+    ):
+        """``backend``: a name (``auto`` is resolved where the units run) or a ready instance."""
+        self.store, self.settings, self.heads, self.backend, self.done = store, settings, heads, backend, done
+        self._chosen: Backend | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_chosen": None}
+
+    def _all_units(self) -> list[Unit]:
+        return [(s.method, s.dims, layer, head) for s in self.settings for layer, head in self.heads]
+
+    def units(self) -> list[Unit]:
+        return [unit for unit in self._all_units() if unit not in self.done]
+
+    def work_total(self) -> tuple[int, int]:
+        return len(self._all_units()), len(self.done)
+
+    def temp_folders(self) -> list[Path]:
+        return [self.store.path / PROJECTIONS / projection_key(s.method, s.dims) for s in self.settings]
+
+    def describe(self, unit: Unit) -> str:
+        method, dims, layer, head = unit
+        return f"head L{layer}H{head} {projection_key(method, dims)}"
+
+    def setup(self) -> None:
+        self._chosen = get_backend(self.backend)
+
+    def run_unit(self, unit: Unit, progress: Progress = QUIET) -> dict[str, Any]:
+        method, dims, layer, head = unit
+        settings = next(s for s in self.settings if (s.method, s.dims) == (method, dims))
+        report = lambda stage: progress.note(f"L{layer} H{head}: {stage}")  # noqa: E731
+        return project_head(self.store, layer, head, settings, self._chosen, report)
+
+    def note(self, unit: Unit, record: dict[str, Any]) -> str:
+        return f"L{record['layer']} H{record['head']}"
+
+    def finish(self, results: dict[Unit, dict[str, Any]]) -> list[dict[str, Any]]:
+        return list(results.values())
+
+    def summary(self, records: list[dict[str, Any]], seconds: float) -> str | None:
+        if not records:
+            return None
+        trust = sorted(r["trustworthiness"] for r in records)
+        span = f"{trust[0]:.3f}" if len(trust) == 1 else f"{trust[0]:.3f}-{trust[-1]:.3f}"
+        libraries = ", ".join(dict.fromkeys(r["library"] for r in records))
+        return (
+            f"projected {len(records)} heads with {libraries} on {records[0]['device']}: "
+            f"trustworthiness {span}, {sum(r['seconds'] for r in records):.1f} s"
+        )
+
+
+@api_signature(ProjectOptions)
+def project(store: Store | str | Path, progress: bool = True, force: bool = False, **options: Any) -> Store:
+    """Project the selected heads of ``store`` (``options``: the fields of :class:`ProjectOptions`)."""
+    stage = plan_projection(store, force=force, **options)
+    run_stage(stage, progress=progress)
+    return stage.store

@@ -40,6 +40,9 @@ class Store:
             raise StoreError(f"{path} is not a qkscale store (no valid {layout.MANIFEST})")
         self.manifest: dict[str, Any] = manifest
 
+    def __reduce__(self) -> tuple:
+        return Store, (str(self.path),)  # a store travels as its path: what was read stays behind
+
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, {self.n_tokens} tokens, {len(self.layers)}x{self.n_heads} heads)"
 
@@ -181,7 +184,7 @@ class Store:
         if not 0 <= head < self.n_heads:
             raise StoreError(f"head {head} is out of range (this model has {self.n_heads} heads)")
 
-    def _vectors(self, kind: str, layer: int, head: int, rows: slice = slice(None)) -> np.ndarray:
+    def _vectors(self, kind: str, layer: int, head: int, rows: slice) -> np.ndarray:
         """``[n, head_dim]`` float16 vectors of one head, reading only that head's column."""
         self._check_head(layer, head)
         start, stop, _ = rows.indices(self.n_tokens)
@@ -190,19 +193,18 @@ class Store:
         parts = [chunk.flatten().to_numpy(zero_copy_only=True) for chunk in column.chunks]
         return np.concatenate(parts or [np.empty(0, np.float16)]).reshape(-1, self.head_dim)
 
-    def queries(self, layer: int, head: int) -> np.ndarray:
-        """``[n_tokens, head_dim]`` float16 queries of one head."""
-        return self._vectors("q", layer, head)
+    def queries(self, layer: int, head: int, rows: slice = slice(None)) -> np.ndarray:
+        """``[n, head_dim]`` float16 queries of one head: every token, or the token rows ``rows``."""
+        return self._vectors("q", layer, head, rows)
 
-    def keys(self, layer: int, head: int) -> np.ndarray:
-        """``[n_tokens, head_dim]`` float16 keys that query head ``head`` attends with."""
-        return self._vectors("k", layer, head)
+    def keys(self, layer: int, head: int, rows: slice = slice(None)) -> np.ndarray:
+        """``[n, head_dim]`` float16 keys that query head ``head`` attends with (all rows, or ``rows``)."""
+        return self._vectors("k", layer, head, rows)
 
     def attention(self, doc: int, layer: int, head: int) -> np.ndarray:
         """``[T, T]`` attention of one document, recomputed from the stored Q/K with the model's mask."""
         rows = self.doc_rows(doc)
-        q = self._vectors("q", layer, head, rows)
-        k = self._vectors("k", layer, head, rows)
+        q, k = self.queries(layer, head, rows), self.keys(layer, head, rows)
         return attention_weights(q, k, self.score_scale(layer), self.causal, self.attention_window(layer))
 
     def attention_window(self, layer: int) -> int | None:

@@ -1,0 +1,269 @@
+"""One engine for every stage: a stage declares its units, an executor runs them, one policy rules both.
+
+A :class:`Stage` (extract, metrics, project) is planned before it exists (its ``plan_*`` function
+validates everything and writes nothing); then :func:`run_stage` calls ``start`` (create or clean
+what the units write into), runs every unit of ``units()`` through an executor, and hands the
+results to ``finish`` (combine, finalize). Each unit is one atomic commit, so a rerun resumes.
+
+Executors: :class:`SerialExecutor` runs units one after another in this process (the CLI verbs
+and the Python API); the Dask executor (:mod:`qkscale.jobs.executor`) runs them as tasks. The
+policy is the same for both: a unit that raises is tried :data:`ATTEMPTS` times, then the stage
+stops with one line naming the unit (``shard 12 (documents 3072-3327) failed 3 times: ...``),
+pending units are cancelled and temps removed; one tqdm bar; one summary line.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from qkscale.errors import QKScaleError
+from qkscale.store.files import remove_temps
+
+ATTEMPTS = 3  # tries of a unit before its stage stops
+
+
+class StageError(QKScaleError):
+    """A unit of a stage kept failing; the message names it."""
+
+
+class Progress:
+    """What a running unit may report: work done within it (serial runs only) and a short note."""
+
+    def __init__(self, bar: Any = None, counted: Callable[[int, int], None] | None = None):
+        self._bar = bar
+        self._counted = counted
+        self.advanced = 0
+
+    def advance(self, work: int, count: int = 0) -> None:
+        """``work`` more of the bar's units done within this unit, ``count`` more of the rate's things."""
+        self.advanced += work
+        if self._counted is not None:
+            self._counted(work, count)
+
+    def note(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+
+
+QUIET = Progress()
+
+
+class Stage(ABC):
+    """A stage's units and how to run one. Subclasses are small and picklable (a Dask worker gets one)."""
+
+    name: ClassVar[str]  # the bar's label: extract, metrics, project
+    work_unit: ClassVar[str]  # what the bar counts: doc, shard, head
+    rate_unit: ClassVar[str | None] = None  # what the rate counts (tokens), None for no rate
+    uses_gpu: ClassVar[bool] = False  # tasks ask a GPU worker for it
+
+    def start(self) -> None:
+        """Before any unit, in the coordinating process: create what units write into, clear its temps."""
+        for folder in self.temp_folders():
+            remove_temps(folder)
+
+    def temp_folders(self) -> list:
+        """Folders where this stage's units write temps (removed when the stage starts or fails)."""
+        return []
+
+    @abstractmethod
+    def units(self) -> list[Hashable]:
+        """The units still to run, in order (units already committed are left out)."""
+
+    @abstractmethod
+    def describe(self, unit: Hashable) -> str:
+        """The unit in a user's words: ``shard 12 (documents 3072-3327)``, ``head L3H7 umap-2d``."""
+
+    def work(self, unit: Hashable) -> int:
+        """How much of the bar one unit is."""
+        return 1
+
+    def work_total(self) -> tuple[int, int]:
+        """(the bar's total, the part already done before this run)."""
+        todo = self.units()
+        return len(todo), 0
+
+    def setup(self) -> None:
+        """Load what units need (a model), once per process: a Dask worker calls it from its plugin."""
+        return None
+
+    def teardown(self) -> None:
+        """Release what :meth:`setup` loaded."""
+        return None
+
+    @abstractmethod
+    def run_unit(self, unit: Hashable, progress: Progress = QUIET) -> Any:
+        """Run one unit and commit it atomically; returns a small result for :meth:`finish`."""
+
+    def count(self, result: Any) -> int:
+        """How many of the rate's things (tokens) a unit's result holds."""
+        return 0
+
+    def note(self, unit: Hashable, result: Any) -> str | None:
+        """The bar's note once ``unit`` is done."""
+        return None
+
+    def finish(self, results: dict[Hashable, Any]) -> Any:
+        """Combine and finalize the results of this run's units (in unit order); the stage's value."""
+        return results
+
+    def summary(self, value: Any, seconds: float) -> str | None:
+        """One line on what the stage did, or None."""
+        return None
+
+
+class Session(Protocol):
+    """An executor's run of one stage."""
+
+    window: int  # units in flight at most
+
+    def submit(self, unit: Hashable, attempt: int) -> None: ...
+
+    def completed(self) -> Iterator[tuple[Hashable, Any, BaseException | None]]: ...
+
+    def cancel(self) -> None: ...
+
+
+class Executor(Protocol):
+    def session(self, stage: Stage, progress: Progress) -> Any:
+        """A context manager giving a :class:`Session` (stage set up where units run, torn down after)."""
+
+
+class _SerialSession:
+    window = 1
+
+    def __init__(self, stage: Stage, progress: Progress):
+        self.stage, self.progress = stage, progress
+        self.queue: deque[Hashable] = deque()
+
+    def submit(self, unit: Hashable, attempt: int) -> None:
+        self.queue.append(unit)
+
+    def completed(self) -> Iterator[tuple[Hashable, Any, BaseException | None]]:
+        while self.queue:
+            unit = self.queue.popleft()
+            self.progress.advanced = 0
+            try:
+                result = self.stage.run_unit(unit, self.progress)
+            except Exception as exc:  # the policy decides: retry or stop
+                yield unit, None, exc
+            else:
+                yield unit, result, None
+
+    def cancel(self) -> None:
+        self.queue.clear()
+
+
+class SerialExecutor:
+    """Runs units one after another in this process (CLI verbs, Python API)."""
+
+    @contextmanager
+    def session(self, stage: Stage, progress: Progress) -> Iterator[_SerialSession]:
+        stage.setup()
+        try:
+            yield _SerialSession(stage, progress)
+        finally:
+            stage.teardown()
+
+
+@dataclass
+class Tally:
+    """Units of this run: how many there were to do when it started, how many are done."""
+
+    todo: int
+    done: int = 0
+
+
+class StageRun:
+    """What :func:`run_stage` gives back: the stage's value, its summary line and its seconds."""
+
+    def __init__(self, value: Any, summary: str | None, seconds: float, units: int):
+        self.value, self.summary, self.seconds, self.units = value, summary, seconds, units
+
+
+def _bar(stage: Stage, total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, initial=initial, unit=stage.work_unit, desc=stage.name, disable=not enabled, dynamic_ncols=True
+    )
+
+
+def run_stage(
+    stage: Stage,
+    executor: Executor | None = None,
+    *,
+    progress: bool = True,
+    on_result: Callable[[Hashable, Any, Tally], None] | None = None,
+) -> StageRun:
+    """Run every unit of ``stage`` (see the module's docstring for the policy).
+
+    ``on_result(unit, result, tally)`` is called in this process as each unit is done.
+    """
+    executor = executor or SerialExecutor()
+    stage.start()
+    todo = deque(stage.units())
+    order = {unit: index for index, unit in enumerate(todo)}
+    tally = Tally(len(todo))
+    total, initial = stage.work_total()
+    started = time.perf_counter()
+    counted = 0
+    results: dict[Hashable, Any] = {}
+    attempts: dict[Hashable, int] = {}
+    with _bar(stage, total, initial, progress) as bar:
+
+        def advance(work: int, count: int) -> None:
+            nonlocal counted
+            counted += count
+            bar.update(work)
+            if stage.rate_unit and count:
+                rate = counted / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix_str(f"{rate:,.0f} {stage.rate_unit}/s", refresh=False)
+
+        unit_progress = Progress(bar, advance)
+        # Nothing to do: no model is loaded, no worker is set up.
+        opened = executor.session(stage, unit_progress) if todo else nullcontext(_SerialSession(stage, unit_progress))
+        with opened as session:
+            for _ in range(max(session.window, 1)):
+                if todo:
+                    unit = todo.popleft()
+                    attempts[unit] = 1
+                    session.submit(unit, 1)
+            try:
+                for unit, result, error in session.completed():
+                    if error is not None:
+                        if attempts[unit] < ATTEMPTS:
+                            attempts[unit] += 1
+                            session.submit(unit, attempts[unit])
+                            continue
+                        raise StageError(
+                            f"{stage.describe(unit)} failed {ATTEMPTS} times: {type(error).__name__}: {error}"
+                        ) from error
+                    results[unit] = result
+                    tally.done += 1
+                    advance(
+                        stage.work(unit) - unit_progress.advanced, 0 if unit_progress.advanced else stage.count(result)
+                    )
+                    unit_progress.advanced = 0
+                    note = stage.note(unit, result)
+                    if note and not stage.rate_unit:
+                        bar.set_postfix_str(note, refresh=False)
+                    if on_result is not None:
+                        on_result(unit, result, tally)
+                    if todo:
+                        following = todo.popleft()
+                        attempts[following] = 1
+                        session.submit(following, 1)
+            except BaseException:
+                session.cancel()
+                for folder in stage.temp_folders():
+                    remove_temps(folder)
+                raise
+    value = stage.finish({unit: results[unit] for unit in sorted(results, key=order.__getitem__)})
+    seconds = time.perf_counter() - started
+    return StageRun(value, stage.summary(value, seconds), seconds, len(results))

@@ -1,0 +1,90 @@
+"""The Dask executor: any stage's units as tasks on a cluster, under the engine's one policy.
+
+The stage goes to every worker once, inside a :class:`StagePlugin` (a ``distributed.WorkerPlugin``:
+its ``__init__`` keeps the stage, which holds only paths and options; ``setup`` loads what the
+units need, such as the model), and to workers that join later too. Tasks carry a unit id only
+(a shard number, a head key), never documents or arrays, and at most :data:`IN_FLIGHT_PER_WORKER`
+tasks per worker are queued, so the scheduler's memory does not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from distributed import WorkerPlugin, as_completed, get_worker
+
+from qkscale.cluster import Cluster
+from qkscale.engine import QUIET, Progress, Stage
+
+IN_FLIGHT_PER_WORKER = 2
+
+
+class StagePlugin(WorkerPlugin):
+    """Holds a stage on a worker: set up when the worker gets it, torn down when it is unregistered."""
+
+    def __init__(self, stage: Stage):
+        self.stage = stage
+
+    def setup(self, worker: Any) -> None:
+        self.stage.setup()
+
+    def teardown(self, worker: Any) -> None:
+        self.stage.teardown()
+
+
+def run_unit_task(plugin: str, unit: Hashable) -> Any:
+    """A task: run ``unit`` of the stage that this worker's plugin ``plugin`` holds."""
+    return get_worker().plugins[plugin].stage.run_unit(unit, QUIET)
+
+
+class _DaskSession:
+    def __init__(self, cluster: Cluster, stage: Stage, plugin: str):
+        self.cluster, self.stage, self.plugin = cluster, stage, plugin
+        self.window = IN_FLIGHT_PER_WORKER * max(cluster.n_workers, 1)
+        self.pending = as_completed()
+        self.units: dict[str, Hashable] = {}
+
+    def submit(self, unit: Hashable, attempt: int) -> None:
+        future = self.cluster.client.submit(
+            run_unit_task,
+            self.plugin,
+            unit,
+            key=f"{self.plugin}-{unit}-{attempt}".replace(" ", ""),
+            resources=self.cluster.task_resources() if self.stage.uses_gpu else None,
+            pure=False,
+        )
+        self.units[future.key] = unit
+        self.pending.add(future)
+
+    def completed(self) -> Iterator[tuple[Hashable, Any, BaseException | None]]:
+        for future in self.pending:
+            unit = self.units.pop(future.key)
+            if future.status == "finished":
+                yield unit, future.result(), None
+            else:
+                yield unit, None, future.exception()
+
+    def cancel(self) -> None:
+        futures = list(self.pending.futures)
+        if futures:
+            self.cluster.client.cancel(futures)
+
+
+class DaskExecutor:
+    """Runs a stage's units as tasks on ``cluster`` (a job's ``run`` or ``submit``)."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+
+    @contextmanager
+    def session(self, stage: Stage, progress: Progress) -> Iterator[_DaskSession]:
+        name = f"qkscale-{stage.name}-{uuid.uuid4().hex[:8]}"
+        client = self.cluster.client
+        client.register_plugin(StagePlugin(stage), name=name)
+        try:
+            yield _DaskSession(self.cluster, stage, name)
+        finally:
+            client.unregister_worker_plugin(name)
