@@ -18,7 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -179,11 +179,13 @@ class Tally:
     done: int = 0
 
 
+@dataclass
 class StageRun:
     """What :func:`run_stage` gives back: the stage's value, its summary line and its seconds."""
 
-    def __init__(self, value: Any, summary: str | None, seconds: float, units: int):
-        self.value, self.summary, self.seconds, self.units = value, summary, seconds, units
+    value: Any
+    summary: str | None
+    seconds: float
 
 
 def _bar(stage: Stage, total: int, initial: int, enabled: bool):
@@ -192,6 +194,59 @@ def _bar(stage: Stage, total: int, initial: int, enabled: bool):
     return tqdm(
         total=total, initial=initial, unit=stage.work_unit, desc=stage.name, disable=not enabled, dynamic_ncols=True
     )
+
+
+class _Policy:
+    """The one policy of every executor: a window of units in flight, retries, the bar, the results."""
+
+    def __init__(self, stage: Stage, bar: Any, on_result: Callable[[Hashable, Any, Tally], None] | None):
+        self.stage, self.bar, self.on_result = stage, bar, on_result
+        self.todo = deque(stage.units())
+        self.order = {unit: index for index, unit in enumerate(self.todo)}
+        self.tally = Tally(len(self.todo))
+        self.attempts: dict[Hashable, int] = {}
+        self.results: dict[Hashable, Any] = {}
+        self.started = time.perf_counter()
+        self.counted = 0
+        self.progress = Progress(bar, self.advance)
+
+    def advance(self, work: int, count: int) -> None:
+        self.counted += count
+        self.bar.update(work)
+        if self.stage.rate_unit and count:
+            rate = self.counted / max(time.perf_counter() - self.started, 1e-9)
+            self.bar.set_postfix_str(f"{rate:,.0f} {self.stage.rate_unit}/s", refresh=False)
+
+    def submit_next(self, session: Session) -> None:
+        if self.todo:
+            unit = self.todo.popleft()
+            self.attempts[unit] = 1
+            session.submit(unit, 1)
+
+    def failed(self, session: Session, unit: Hashable, error: BaseException) -> None:
+        """Try ``unit`` again, or stop the stage naming it."""
+        if self.attempts[unit] < ATTEMPTS:
+            self.attempts[unit] += 1
+            session.submit(unit, self.attempts[unit])
+            return
+        message = f"{self.stage.describe(unit)} failed {ATTEMPTS} times: {type(error).__name__}: {error}"
+        raise StageError(message) from error
+
+    def done(self, session: Session, unit: Hashable, result: Any) -> None:
+        self.results[unit] = result
+        self.tally.done += 1
+        within = self.progress.advanced  # what a serial unit already reported
+        self.progress.advanced = 0
+        self.advance(self.stage.work(unit) - within, 0 if within else self.stage.count(result))
+        note = self.stage.note(unit, result)
+        if note and not self.stage.rate_unit:
+            self.bar.set_postfix_str(note, refresh=False)
+        if self.on_result is not None:
+            self.on_result(unit, result, self.tally)
+        self.submit_next(session)
+
+    def ordered_results(self) -> dict[Hashable, Any]:
+        return {unit: self.results[unit] for unit in sorted(self.results, key=self.order.__getitem__)}
 
 
 def run_stage(
@@ -207,63 +262,24 @@ def run_stage(
     """
     executor = executor or SerialExecutor()
     stage.start()
-    todo = deque(stage.units())
-    order = {unit: index for index, unit in enumerate(todo)}
-    tally = Tally(len(todo))
     total, initial = stage.work_total()
-    started = time.perf_counter()
-    counted = 0
-    results: dict[Hashable, Any] = {}
-    attempts: dict[Hashable, int] = {}
     with _bar(stage, total, initial, progress) as bar:
-
-        def advance(work: int, count: int) -> None:
-            nonlocal counted
-            counted += count
-            bar.update(work)
-            if stage.rate_unit and count:
-                rate = counted / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix_str(f"{rate:,.0f} {stage.rate_unit}/s", refresh=False)
-
-        unit_progress = Progress(bar, advance)
-        # Nothing to do: no model is loaded, no worker is set up.
-        opened = executor.session(stage, unit_progress) if todo else nullcontext(_SerialSession(stage, unit_progress))
-        with opened as session:
-            for _ in range(max(session.window, 1)):
-                if todo:
-                    unit = todo.popleft()
-                    attempts[unit] = 1
-                    session.submit(unit, 1)
-            try:
-                for unit, result, error in session.completed():
-                    if error is not None:
-                        if attempts[unit] < ATTEMPTS:
-                            attempts[unit] += 1
-                            session.submit(unit, attempts[unit])
-                            continue
-                        raise StageError(
-                            f"{stage.describe(unit)} failed {ATTEMPTS} times: {type(error).__name__}: {error}"
-                        ) from error
-                    results[unit] = result
-                    tally.done += 1
-                    advance(
-                        stage.work(unit) - unit_progress.advanced, 0 if unit_progress.advanced else stage.count(result)
-                    )
-                    unit_progress.advanced = 0
-                    note = stage.note(unit, result)
-                    if note and not stage.rate_unit:
-                        bar.set_postfix_str(note, refresh=False)
-                    if on_result is not None:
-                        on_result(unit, result, tally)
-                    if todo:
-                        following = todo.popleft()
-                        attempts[following] = 1
-                        session.submit(following, 1)
-            except BaseException:
-                session.cancel()
-                for folder in stage.temp_folders():
-                    remove_temps(folder)
-                raise
-    value = stage.finish({unit: results[unit] for unit in sorted(results, key=order.__getitem__)})
-    seconds = time.perf_counter() - started
-    return StageRun(value, stage.summary(value, seconds), seconds, len(results))
+        policy = _Policy(stage, bar, on_result)
+        if policy.todo:  # with nothing to do, no model is loaded and no worker is set up
+            with executor.session(stage, policy.progress) as session:
+                for _ in range(max(session.window, 1)):
+                    policy.submit_next(session)
+                try:
+                    for unit, result, error in session.completed():
+                        if error is None:
+                            policy.done(session, unit, result)
+                        else:
+                            policy.failed(session, unit, error)
+                except BaseException:
+                    session.cancel()
+                    for folder in stage.temp_folders():
+                        remove_temps(folder)
+                    raise
+    value = stage.finish(policy.ordered_results())
+    seconds = time.perf_counter() - policy.started
+    return StageRun(value, stage.summary(value, seconds), seconds)
