@@ -47,8 +47,7 @@ from qkscale.models.text_inputs import TextInputs
 from qkscale.options import api_signature, from_keywords
 from qkscale.selection import parse_selection
 from qkscale.stage_options import DEFAULT_MODEL, ExtractOptions
-from qkscale.store import ShardWriter, Store, layout, read_manifest
-from qkscale.store.files import remove_temps, write_json_atomic
+from qkscale.store import ShardWriter, Store, create_store, finish_store, layout, read_manifest
 
 # Fields of the manifest that must match for an existing store to be resumed.
 _IDENTITY = ("model", "layers", "corpus", "options")
@@ -325,7 +324,7 @@ class ExtractStage(Stage):
         return info["n_tokens"]
 
     def finish(self, results: dict) -> Store:
-        return finish_store(self.plan)
+        return finish_store(self.plan.out)
 
     def summary(self, store: Store, seconds: float) -> str:
         return f"extracted {self.plan.n_shards} shards of {store.n_tokens:,} tokens in {seconds:,.1f} s"
@@ -354,20 +353,18 @@ def extract(
 
 
 def start_store(plan: ExtractionPlan, inputs: ModelInputs) -> Store:
-    """Create the store folder and its manifest (kept if the store is being resumed); clear temps.
+    """Create the store and its manifest (kept if the store is being resumed).
 
     The score scales and windows are read from the model built without weights, so that a job's
     coordinator need not load the model that its workers run.
     """
-    existing = read_manifest(plan.out)
-    plan.out.mkdir(parents=True, exist_ok=True)
-    remove_temps(plan.out)
-    if existing is None:
-        skeleton = weightless_model(plan.info.source)
-        info = plan.info
-        manifest = {
-            "format": layout.FORMAT,
-            "format_version": layout.FORMAT_VERSION,
+    if read_manifest(plan.out) is not None:
+        return create_store(plan.out, {})
+    skeleton = weightless_model(plan.info.source)
+    info = plan.info
+    return create_store(
+        plan.out,
+        {
             "qkscale_version": __version__,
             **plan.identity,
             "score_scale": score_scales(skeleton, plan.family, info.n_layers, info.head_dim),
@@ -376,27 +373,6 @@ def start_store(plan: ExtractionPlan, inputs: ModelInputs) -> Store:
             "preprocessing": inputs.describe(),
             "n_docs": plan.n_docs,
             "n_shards": plan.n_shards,
-            "complete": False,
             "device": plan.device,
-        }
-        write_json_atomic(plan.out / layout.MANIFEST, manifest)
-    (plan.out / layout.SHARDS).mkdir(exist_ok=True)
-    remove_temps(plan.out / layout.SHARDS)
-    return Store(plan.out)
-
-
-def finish_store(plan: ExtractionPlan) -> Store:
-    """Mark the store complete once every shard is committed, with its totals; returns it."""
-    store = Store(plan.out)
-    missing = [s for s in range(plan.n_shards) if s not in set(store.committed_shards())]
-    if missing:
-        raise StoreError(f"store {plan.out} still lacks {len(missing)} shard(s), first {missing[0]}")
-    infos = [store.shard_info(s) for s in range(plan.n_shards)]
-    manifest = read_manifest(plan.out)
-    manifest.update(
-        complete=True,
-        n_tokens=sum(i["n_tokens"] for i in infos),
-        truncated_docs=sum(i["truncated_docs"] for i in infos),
+        },
     )
-    write_json_atomic(plan.out / layout.MANIFEST, manifest)
-    return Store(plan.out)

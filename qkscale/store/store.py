@@ -17,6 +17,7 @@ from qkscale.attention import attention_weights
 from qkscale.errors import StoreError
 from qkscale.selection import format_selection
 from qkscale.store import layout, metrics_files, projections
+from qkscale.store.files import remove_temps, write_json_atomic
 
 _THUMBNAIL = "thumbnail"
 
@@ -267,6 +268,41 @@ class Store:
 
     def bytes_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def create_store(path: Path, fields: dict[str, Any]) -> Store:
+    """Create the store at ``path`` with a manifest of ``fields`` (kept if the store exists: a resume).
+
+    Temps that interrupted writers left are removed. The store is incomplete until
+    :func:`finish_store`.
+    """
+    existing = read_manifest(path)
+    path.mkdir(parents=True, exist_ok=True)
+    remove_temps(path)
+    if existing is None:
+        manifest = {"format": layout.FORMAT, "format_version": layout.FORMAT_VERSION, **fields, "complete": False}
+        write_json_atomic(path / layout.MANIFEST, manifest)
+    (path / layout.SHARDS).mkdir(exist_ok=True)
+    remove_temps(path / layout.SHARDS)
+    return Store(path)
+
+
+def finish_store(path: Path) -> Store:
+    """Mark the store complete once every planned shard is committed, with its totals; returns it."""
+    store = Store(path)
+    committed = set(store.committed_shards())
+    missing = [s for s in range(store.manifest["n_shards"]) if s not in committed]
+    if missing:
+        raise StoreError(f"store {path} still lacks {len(missing)} shard(s), first {missing[0]}")
+    infos = [store.shard_info(s) for s in sorted(committed)]
+    manifest = dict(store.manifest)
+    manifest.update(
+        complete=True,
+        n_tokens=sum(i["n_tokens"] for i in infos),
+        truncated_docs=sum(i["truncated_docs"] for i in infos),
+    )
+    write_json_atomic(path / layout.MANIFEST, manifest)
+    return Store(path)
 
 
 def open_store(path: str | Path) -> Store:
