@@ -1,6 +1,6 @@
-"""The dashboard: view builders, the Panel app without a browser, and `qkscale serve` errors.
+"""The dashboard's logic: tokens, search, head points, attention, matrix and sentence builders, `qkscale serve` errors.
 
-The real-browser test lives in test_dashboard_browser.py.
+The Panel views without a browser live in test_dashboard_views.py, the real browser in test_dashboard_browser.py.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import save_tiny_vision
 from PIL import Image
 
-import qkscale
 from qkscale.dashboard import matrix, sentence, single
 from qkscale.dashboard.data import DashboardData
 from qkscale.dashboard.thumbnails import thumbnail, thumbnail_path
@@ -214,83 +212,7 @@ def test_model_view_has_a_tile_per_head(data):
     assert sentence.attention_lines(["a", "b"], np.array([[1.0, 0.0], [0.5, 0.5]]), 0) is not None
 
 
-# -- the app without a browser ---------------------------------------------------------------------------
-def test_app_state_flows_between_views(data, dashboard_store):
-    from qkscale.dashboard.app import Dashboard
-
-    board = Dashboard(data)
-    board.__panel__()
-    assert board.method == "pca" and (board.layer, board.head) == (0, 0)  # the method covering most heads
-    assert board.param.method.objects == ["pca", "umap"]
-    board.open_head(3, 7)
-    assert (board.layer, board.head, board.tabs.active) == (3, 7, 1)
-    board._step(1, 1)
-    assert (board.layer, board.head) == (4, 8)
-    board._step(2, 4)
-    assert (board.layer, board.head) == (0, 0)  # wraps around
-    points = data.head_points(1, 0, "umap", 2)
-    board.param.update(layer=1, head=0)
-    board._select_point(points, int(points.rows["k"][30]))
-    assert board.token == 30 and board.token_kind == "k"
-    assert board.doc == int(dashboard_store.tokens["doc"].iat[30])
-    board.search_text = "the"
-    assert len(board.matches.ids) == (dashboard_store.tokens["token"] == "the").sum()
-    board.search_mode, board.search_text = "regex", "(("
-    assert board.matches is None and "does not compile" in board._search_error
-
-
-def _message(view) -> str:
-    import panel as pn
-
-    assert isinstance(view, pn.pane.Alert), view
-    return view.object
-
-
-def test_missing_projection_and_head_are_messages(data, dashboard_store):
-    from qkscale.dashboard.app import Dashboard
-
-    board = Dashboard(data)
-    board.param.update(method="umap", layer=4, head=3)
-    assert f"qkscale project {dashboard_store.path} --method umap --dims 2 --layers 4 --heads 3" in _message(
-        board._embedding()
-    )
-    board.param.update(method="pca", layer=1, head=0, show=[])
-    assert "choose queries, keys or both" in _message(board._embedding())
-    board.open_head(99, 0)  # not a stored head: nothing changes
-    assert board.layer == 1
-    board.param.update(layer=99)  # e.g. from a hand-edited URL
-    assert "layer 99 head 0 is not in this store (layers 0, 1, 2, 3, 4, 5; heads 0-11)" in _message(board._embedding())
-
-
-def test_store_without_projections_or_metrics_says_which_command(builtin_store):
-    from qkscale.dashboard.app import Dashboard
-
-    board = Dashboard(DashboardData(builtin_store))
-    assert f"qkscale project {builtin_store.path}" in _message(board._matrix_view())
-    assert f"qkscale metrics {builtin_store.path}" in _message(board._metrics_tab())
-    assert "qkscale metrics" in _message(board._aggregate_view())
-
-
-def test_image_view_on_a_vision_store(tmp_path):
-    from qkscale.dashboard import image
-    from qkscale.dashboard.app import Dashboard
-
-    model = save_tiny_vision(tmp_path / "vit", "vit", True)
-    store = qkscale.extract(str(model), "builtin-images", tmp_path / "store", limit_docs=3, progress=False)
-    board = Dashboard(DashboardData(store))
-    board.__panel__()
-    assert "Image" in board.tabs._names
-    grid = image.patch_grid(store.preprocessing)
-    assert grid == (4, 4)
-    assert image.patch_at(grid, 2.5, -1.5) == (1, 2) and image.patch_at(grid, 5, -1) is None
-    board.doc = 1
-    tokens = DashboardData(store).document_tokens(1)
-    board._pick_patch(tokens, 1, grid, 2.5, -1.5)
-    assert board.token == int(tokens["id"].iat[1 + 1 * 4 + 2])
-    view = board._image_view()
-    assert "attention" in view[0].object
-
-
+# -- `qkscale serve` -------------------------------------------------------------------------------------
 def test_serve_rejects_bad_input(tmp_path, run_cli, dashboard_store):
     code, _, err = run_cli("serve", tmp_path / "nowhere")
     assert code == 2 and err.strip() == f"qkscale: error: store {tmp_path / 'nowhere'} does not exist"

@@ -1,24 +1,25 @@
 """The data behind every dashboard session: one store, loaded once and shared, with its derived tables.
 
 Panel creates a new app per browser session; each takes the same :class:`DashboardData`, so the
-token table, contexts and recently opened heads are read and kept once per server.
+token table, contexts, recently opened heads and recently shown attention are read and kept once
+per server.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from qkscale.dashboard.cache import LRUCache
 from qkscale.dashboard.tokens import SearchResult, search_tokens, token_contexts, token_kinds
 from qkscale.errors import StoreError
 from qkscale.store import Store, open_store
 
 HEADS_KEPT = 3  # heads' point tables kept in memory (each ~100 MB at 2M points)
+ATTENTION_KEPT = 128  # (document, head) attention matrices kept (each [T, T] float32: 1 MB at T = 512)
 DEFAULT_METHODS = ("umap", "tsne", "pca")
 
 
@@ -54,8 +55,8 @@ class DashboardData:
         self.store = store if isinstance(store, Store) else open_store(store)
         if not self.store.committed_shards():
             raise StoreError(f"store {self.store.path} holds no extracted shards yet")
-        self._heads: OrderedDict[tuple, HeadPoints] = OrderedDict()
-        self._lock = threading.Lock()
+        self._heads: LRUCache[HeadPoints] = LRUCache(HEADS_KEPT)
+        self._attention: LRUCache[tuple[np.ndarray, np.ndarray]] = LRUCache(ATTENTION_KEPT)
 
     # -- store-wide tables (computed on first use, then kept) --------------------------------
     @functools.cached_property
@@ -102,17 +103,7 @@ class DashboardData:
     # -- per head --------------------------------------------------------------------------
     def head_points(self, layer: int, head: int, method: str, dims: int) -> HeadPoints:
         """One head's points (kept for the :data:`HEADS_KEPT` most recently used heads)."""
-        key = (layer, head, method, dims)
-        with self._lock:
-            if key in self._heads:
-                self._heads.move_to_end(key)
-                return self._heads[key]
-        points = self._load_head(layer, head, method, dims)
-        with self._lock:
-            self._heads[key] = points
-            while len(self._heads) > HEADS_KEPT:
-                self._heads.popitem(last=False)
-        return points
+        return self._heads.get((layer, head, method, dims), lambda: self._load_head(layer, head, method, dims))
 
     def _load_head(self, layer: int, head: int, method: str, dims: int) -> HeadPoints:
         projection = self.store.projection(layer, head, method, dims)
@@ -151,6 +142,10 @@ class DashboardData:
         return HeadPoints(layer, head, method, dims, frame, rows, labels)
 
     # -- documents and attention -----------------------------------------------------------
+    def doc_of(self, token: int) -> int:
+        """The document of token ``token``."""
+        return int(self.tokens["doc"].iat[token])
+
     def document_tokens(self, doc: int) -> pd.DataFrame:
         """The rows of ``doc`` in :attr:`tokens`, with their token ids as ``id``."""
         rows = self.store.doc_rows(doc)
@@ -158,21 +153,42 @@ class DashboardData:
         frame["id"] = np.arange(rows.start, rows.stop)
         return frame
 
+    def document_texts(self, doc: int) -> list[str]:
+        """The text of every token of ``doc``."""
+        return self.tokens["token"].iloc[self.store.doc_rows(doc)].astype(str).tolist()
+
     def attention(self, doc: int, layer: int, head: int, hide_special: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """``doc``'s attention for one head and the positions it covers.
+        """``doc``'s attention for one head and the positions it covers (read-only arrays, shared by sessions).
 
         With ``hide_special``, special tokens' rows and columns are dropped and every row is
-        renormalised to sum to 1, as AttentionViz does.
+        renormalised to sum to 1, as AttentionViz does. The store computes a document's attention
+        once for both: the :data:`ATTENTION_KEPT` most recently shown are kept.
         """
-        weights = self.store.attention(doc, layer, head)
-        positions = np.arange(len(weights))
+        key = (doc, layer, head, hide_special)
+        return self._attention.get(key, lambda: self._compute_attention(*key))
+
+    def _compute_attention(self, doc: int, layer: int, head: int, hide_special: bool) -> tuple[np.ndarray, np.ndarray]:
         if hide_special:
+            weights, positions = self.attention(doc, layer, head)
             keep = ~self.tokens["is_special"].to_numpy()[self.store.doc_rows(doc)]
             positions = positions[keep]
             weights = weights[np.ix_(keep, keep)]
             totals = weights.sum(axis=1, keepdims=True)
             weights = np.divide(weights, totals, out=np.zeros_like(weights), where=totals > 0)
+        else:
+            weights = np.asarray(self.store.attention(doc, layer, head))
+            positions = np.arange(len(weights))
+        weights.flags.writeable = positions.flags.writeable = False
         return weights, positions
+
+    def token_attention(
+        self, token: int, layer: int, head: int, hide_special: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, int | None]:
+        """The attention of ``token``'s document, its positions, and the token's row in them (None if hidden)."""
+        doc = self.doc_of(token)
+        weights, positions = self.attention(doc, layer, head, hide_special)
+        where = np.flatnonzero(positions == token - self.store.doc_rows(doc).start)
+        return weights, positions, int(where[0]) if len(where) else None
 
     def top_links(
         self, token: int, kind: str, layer: int, head: int, k: int = 5, hide_special: bool = False
@@ -182,15 +198,13 @@ class DashboardData:
         For a query: the keys it attends to most; for a key: the queries attending to it most.
         Columns: ``id`` (the other token), ``position``, ``weight``.
         """
-        doc = int(self.tokens["doc"].iat[token])
-        start = self.store.doc_rows(doc).start
-        weights, positions = self.attention(doc, layer, head, hide_special)
-        where = np.flatnonzero(positions == token - start)
-        if not len(where):
+        weights, positions, row = self.token_attention(token, layer, head, hide_special)
+        if row is None:
             return pd.DataFrame({"id": [], "position": [], "weight": []})
-        line = weights[where[0]] if kind == "q" else weights[:, where[0]]
+        line = attention_line(weights, row, kind)
         best = np.argsort(-line, kind="stable")[:k]
         best = best[line[best] > 0]
+        start = self.store.doc_rows(self.doc_of(token)).start
         return pd.DataFrame({"id": start + positions[best], "position": positions[best], "weight": line[best]})
 
     def search(self, query: str, mode: str) -> SearchResult:
@@ -199,3 +213,8 @@ class DashboardData:
     def describe_token(self, token: int) -> str:
         row = self.tokens.iloc[token]
         return f"{row['token']!r} (document {row['doc']}, position {row['position']})"
+
+
+def attention_line(weights: np.ndarray, row: int, kind: str) -> np.ndarray:
+    """What row ``row``'s token attends to (as a query, ``kind`` 'q') or is attended by (as a key)."""
+    return weights[row] if kind == "q" else weights[:, row]

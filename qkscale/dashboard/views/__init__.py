@@ -1,0 +1,1 @@
+"""The dashboard's views: each a Panel viewer over the shared data and one session's state."""

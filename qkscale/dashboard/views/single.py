@@ -1,0 +1,125 @@
+"""The single-head view: one head's joint embedding, its navigation, search and the clicked token."""
+
+from __future__ import annotations
+
+import panel as pn
+import param
+
+from qkscale.dashboard import single
+from qkscale.dashboard.data import DashboardData, HeadPoints
+from qkscale.dashboard.state import SessionState
+from qkscale.dashboard.views.attention import attention_controls
+from qkscale.dashboard.views.base import View, button, guarded, lazy, on_tap, plot, redrawn_on
+from qkscale.dashboard.views.search import TokenSearch
+from qkscale.dashboard.views.token import TokenDetails
+from qkscale.errors import QKScaleError
+
+SELECTION = ["token", "token_kind", "top_k", "hide_special"]  # what the clicked-token overlay draws from
+
+
+class SingleHeadView(View):
+    """One head (``state.layer``/``state.head``) in a projection, every point drawn; click a point to select it."""
+
+    def __init__(self, data: DashboardData, state: SessionState, **params):
+        super().__init__(data, state, **params)
+        self.search = TokenSearch(data, state)
+
+    def __panel__(self):
+        params = self.state.param
+        nav = pn.Row(
+            pn.widgets.Select.from_param(
+                params.layer, options={f"L{layer}": layer for layer in self.data.store.layers}, label="layer", width=90
+            ),
+            pn.widgets.Select.from_param(
+                params.head, options=list(range(self.data.store.n_heads)), label="head", width=80
+            ),
+            *(
+                button(label, lambda step=step: self.step(*step), width=80, css_classes=["qk-nav"])
+                for label, step in (("◀ head", (0, -1)), ("head ▶", (0, 1)), ("▲ layer", (-1, 0)), ("layer ▼", (1, 0)))
+            ),
+        )
+        view = pn.Row(
+            pn.widgets.Select.from_param(params.method, label="projection", width=110),
+            pn.widgets.RadioButtonGroup.from_param(params.dims, label="dims"),
+            pn.widgets.Select.from_param(params.colour, label="colour by", width=150),
+            pn.widgets.CheckButtonGroup.from_param(params.show, label="show", options={"queries": "q", "keys": "k"}),
+        )
+        links = pn.Row(
+            pn.widgets.IntInput.from_param(params.top_k, label="top-k lines", width=100),
+            *attention_controls(self.state),
+        )
+        embedding = pn.Column(self._legend, lazy(self._embedding))
+        return pn.Column(nav, view, self.search, links, pn.Row(embedding, TokenDetails(self.data, self.state)))
+
+    def step(self, layers: int, heads: int) -> None:
+        """Move to the next/previous head or layer among the stored ones (wrapping around)."""
+        stored, n_heads = self.data.store.layers, self.data.store.n_heads
+        layer = stored[(stored.index(self.state.layer) + layers) % len(stored)]
+        self.state.param.update(layer=layer, head=(self.state.head + heads) % n_heads)
+
+    @param.depends("state.colour")
+    def _legend(self):
+        legend = single.COLOURINGS[self.state.colour].legend()
+        return pn.pane.HTML(f"{legend} &nbsp; <span style='color:#666'>hover a point for its token; click it</span>")
+
+    @param.depends("state.layer", "state.head", "state.method", "state.dims", "state.colour", "state.show")
+    @guarded
+    def _embedding(self):
+        state, store = self.state, self.data.store
+        if (state.layer, state.head) not in self.data.heads:
+            raise QKScaleError(
+                f"layer {state.layer} head {state.head} is not in this store (layers "
+                f"{', '.join(map(str, store.layers))}; heads 0-{store.n_heads - 1})"
+            )
+        if not self.data.has_projection(state.layer, state.head, state.method, state.dims):
+            raise QKScaleError(
+                f"layer {state.layer} head {state.head} has no {state.method} {state.dims}D projection; make it with "
+                f"`qkscale project {store.path} --method {state.method} --dims {state.dims} "
+                f"--layers {state.layer} --heads {state.head}`"
+            )
+        if not state.show:
+            raise QKScaleError("choose queries, keys or both to show")
+        points = self.data.head_points(state.layer, state.head, state.method, state.dims)
+        colouring = single.COLOURINGS[state.colour]
+        show = tuple(state.show)
+        if state.dims == 3:
+            figure = single.embedding_3d(points, show, colouring)
+            served = pn.state.curdoc is not None and pn.state.curdoc.session_context is not None
+            frame = pn.pane.HTML(single.figure_page(figure, served), css_classes=["qk-embedding-3d"])
+            return pn.Column(_title(points, len(single.sample_3d(points, show))), frame)
+        embedding = single.embedding_2d(points, show, colouring)
+        matches = redrawn_on(lambda: single.match_points(points, self.search.match_ids()), self.search, ["matches"])
+        overlay = redrawn_on(lambda: self._selection_overlay(points), state, SELECTION)
+        on_tap(embedding, lambda x, y: self._on_tap(points, show, x, y))
+        x_range, y_range = single.extent(points)  # empty overlays must not widen the view
+        layers = (embedding * single.matches_layer(matches) * overlay).opts(xlim=x_range, ylim=y_range)
+        return pn.Column(
+            _title(points, len(single.visible_points(points, show))), plot(layers, css_classes=["qk-embedding"])
+        )
+
+    def _selection_overlay(self, points: HeadPoints):
+        state = self.state
+        row, links = None, None
+        if state.token >= 0:
+            row = points.point_of(state.token, state.token_kind)
+            row = row if row >= 0 else None
+            links = self.data.top_links(
+                state.token, state.token_kind, state.layer, state.head, state.top_k, state.hide_special
+            )
+        return single.selection_layer(points, row, links)
+
+    def _on_tap(self, points: HeadPoints, show: tuple[str, ...], x: float, y: float) -> None:
+        row = single.nearest_point(points, show, x, y)
+        if row is not None:
+            self.select_point(points, row)
+
+    def select_point(self, points: HeadPoints, row: int) -> None:
+        """Select the token of point ``row`` (as a query or a key) and show its document."""
+        token = int(points.frame["id"].iat[row])
+        kind = str(points.frame["kind"].iat[row])
+        self.state.param.update(token=token, token_kind=kind, doc=self.data.doc_of(token))
+
+
+def _title(points: HeadPoints, shown: int) -> pn.pane.HTML:
+    text = f"L{points.layer}H{points.head} · {points.method} {points.dims}D · {shown:,} points"
+    return pn.pane.HTML(f"<b class='qk-head-title'>{text}</b>")
