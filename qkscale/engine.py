@@ -38,17 +38,28 @@ class Progress:
     def __init__(self, bar: Any = None, counted: Callable[[int, int], None] | None = None):
         self._bar = bar
         self._counted = counted
-        self.advanced = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """A new unit starts: nothing of it reported yet."""
+        self.advanced = self.counted = 0
 
     def advance(self, work: int, count: int = 0) -> None:
         """``work`` more of the bar's units done within this unit, ``count`` more of the rate's things."""
-        self.advanced += work
         if self._counted is not None:
+            self.advanced += work
+            self.counted += count
             self._counted(work, count)
+
+    def undo(self) -> None:
+        """Take back what a failed attempt reported (it will be tried again from the start)."""
+        if self._counted is not None and (self.advanced or self.counted):
+            self._counted(-self.advanced, -self.counted)
+        self.reset()
 
     def note(self, text: str) -> None:
         if self._bar is not None:
-            self._bar.set_postfix_str(text, refresh=False)
+            self._bar.set_postfix_str(text)
 
 
 QUIET = Progress()
@@ -108,9 +119,18 @@ class Stage(ABC):
         """The bar's note once ``unit`` is done."""
         return None
 
-    def finish(self, results: dict[Hashable, Any]) -> Any:
-        """Combine and finalize the results of this run's units (in unit order); the stage's value."""
-        return results
+    def empty(self) -> Any:
+        """What :meth:`combine` starts from (default: a dict of every unit's result)."""
+        return {}
+
+    def combine(self, combined: Any, unit: Hashable, result: Any) -> Any:
+        """Add one unit's result as it arrives, so that memory need not grow with the number of units."""
+        combined[unit] = result
+        return combined
+
+    def finish(self, combined: Any) -> Any:
+        """Finalize what :meth:`combine` gathered; the stage's value."""
+        return combined
 
     def summary(self, value: Any, seconds: float) -> str | None:
         """One line on what the stage did, or None."""
@@ -147,7 +167,7 @@ class _SerialSession:
     def completed(self) -> Iterator[tuple[Hashable, Any, BaseException | None]]:
         while self.queue:
             unit = self.queue.popleft()
-            self.progress.advanced = 0
+            self.progress.reset()
             try:
                 result = self.stage.run_unit(unit, self.progress)
             except Exception as exc:  # the policy decides: retry or stop
@@ -202,11 +222,10 @@ class _Policy:
     def __init__(self, stage: Stage, bar: Any, on_result: Callable[[Hashable, Any, Tally], None] | None):
         self.stage, self.bar, self.on_result = stage, bar, on_result
         self.todo = deque(stage.units())
-        self.order = {unit: index for index, unit in enumerate(self.todo)}
         self.tally = Tally(len(self.todo))
         self.attempts: dict[Hashable, int] = {}
-        self.results: dict[Hashable, Any] = {}
-        self.started = time.perf_counter()
+        self.combined = stage.empty()
+        self.started = time.perf_counter()  # reset once the units start running
         self.counted = 0
         self.progress = Progress(bar, self.advance)
 
@@ -225,6 +244,7 @@ class _Policy:
 
     def failed(self, session: Session, unit: Hashable, error: BaseException) -> None:
         """Try ``unit`` again, or stop the stage naming it."""
+        self.progress.undo()
         if self.attempts[unit] < ATTEMPTS:
             self.attempts[unit] += 1
             session.submit(unit, self.attempts[unit])
@@ -233,10 +253,10 @@ class _Policy:
         raise StageError(message) from error
 
     def done(self, session: Session, unit: Hashable, result: Any) -> None:
-        self.results[unit] = result
+        self.combined = self.stage.combine(self.combined, unit, result)
         self.tally.done += 1
         within = self.progress.advanced  # what a serial unit already reported
-        self.progress.advanced = 0
+        self.progress.reset()
         self.advance(self.stage.work(unit) - within, 0 if within else self.stage.count(result))
         note = self.stage.note(unit, result)
         if note and not self.stage.rate_unit:
@@ -244,9 +264,6 @@ class _Policy:
         if self.on_result is not None:
             self.on_result(unit, result, self.tally)
         self.submit_next(session)
-
-    def ordered_results(self) -> dict[Hashable, Any]:
-        return {unit: self.results[unit] for unit in sorted(self.results, key=self.order.__getitem__)}
 
 
 def run_stage(
@@ -267,6 +284,7 @@ def run_stage(
         policy = _Policy(stage, bar, on_result)
         if policy.todo:  # with nothing to do, no model is loaded and no worker is set up
             with executor.session(stage, policy.progress) as session:
+                policy.started = time.perf_counter()  # rates count running units, not loading the model
                 for _ in range(max(session.window, 1)):
                     policy.submit_next(session)
                 try:
@@ -280,6 +298,6 @@ def run_stage(
                     for folder in stage.temp_folders():
                         remove_temps(folder)
                     raise
-    value = stage.finish(policy.ordered_results())
+    value = stage.finish(policy.combined)
     seconds = time.perf_counter() - policy.started
     return StageRun(value, stage.summary(value, seconds), seconds)

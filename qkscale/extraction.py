@@ -202,7 +202,7 @@ def _check_resumable(out: Path, identity: dict[str, Any]) -> None:
 
 @dataclass
 class LoadedModel:
-    """A model ready to extract from: loaded once, reused for every shard (and, later, every task)."""
+    """A model ready to extract from: loaded once per process (a Dask worker: once per job), reused for every shard."""
 
     model: Any
     inputs: ModelInputs
@@ -283,7 +283,7 @@ class ExtractStage(Stage):
         self.__init__(state["plan"])
 
     def start(self) -> None:
-        start_store(self.plan, load_inputs(self.plan.info.source, self.plan.family, self.plan.options.max_length))
+        start_store(self.plan)
 
     def temp_folders(self) -> list[Path]:
         return [self.plan.out, self.plan.out / layout.SHARDS]
@@ -307,9 +307,10 @@ class ExtractStage(Stage):
         self._loaded = LoadedModel.load(self.plan)
 
     def teardown(self) -> None:
-        if self._loaded is not None:
-            self._loaded.capture.remove()
-            self._loaded = None
+        with self._lock:  # not while a unit runs the model
+            if self._loaded is not None:
+                self._loaded.capture.remove()
+                self._loaded = None
 
     def run_unit(self, shard: int, progress: Progress = QUIET) -> dict[str, int]:
         """Extract and commit one shard; one already committed (by an earlier try) is left as it is."""
@@ -327,7 +328,7 @@ class ExtractStage(Stage):
         return finish_store(self.plan.out)
 
     def summary(self, store: Store, seconds: float) -> str:
-        return f"extracted {self.plan.n_shards} shards of {store.n_tokens:,} tokens in {seconds:,.1f} s"
+        return f"store complete: {self.plan.n_shards} shards, {store.n_tokens:,} tokens ({seconds:,.1f} s this run)"
 
 
 @api_signature(ExtractOptions)
@@ -352,7 +353,7 @@ def extract(
     return run_stage(ExtractStage(plan), progress=progress).value
 
 
-def start_store(plan: ExtractionPlan, inputs: ModelInputs) -> Store:
+def start_store(plan: ExtractionPlan) -> Store:
     """Create the store and its manifest (kept if the store is being resumed).
 
     The score scales and windows are read from the model built without weights, so that a job's
@@ -362,6 +363,7 @@ def start_store(plan: ExtractionPlan, inputs: ModelInputs) -> Store:
         return create_store(plan.out, {})
     skeleton = weightless_model(plan.info.source)
     info = plan.info
+    inputs = load_inputs(info.source, plan.family, plan.options.max_length)
     return create_store(
         plan.out,
         {

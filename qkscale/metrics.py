@@ -209,10 +209,13 @@ class MetricsStage(Stage):
     def run_unit(self, shard: int, progress: Progress = QUIET) -> HeadSums:
         return shard_sums(self.store, shard)
 
-    def finish(self, results: dict[int, HeadSums]) -> pd.DataFrame:
-        sums = HeadSums.create(len(self.store.layers), self.store.n_heads, self.store.head_dim)
-        for part in results.values():
-            sums = sums.combine(part)
+    def empty(self) -> HeadSums:
+        return HeadSums.create(len(self.store.layers), self.store.n_heads, self.store.head_dim)
+
+    def combine(self, sums: HeadSums, shard: int, part: HeadSums) -> HeadSums:
+        return sums.combine(part)  # one running sum: memory does not grow with the shards
+
+    def finish(self, sums: HeadSums) -> pd.DataFrame:
         table = sums.finalize(self.store.layers)
         profiles = sums.offset_profiles()
         similarity, order = head_similarity(profiles)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Annotated, Any
 
@@ -100,10 +101,15 @@ class Problem:
     message: str | None = None  # the field's own message (choices with ``choice_error``)
 
 
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _is_selection(value: Any) -> bool:
-    if isinstance(value, list | tuple):
-        return all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    return isinstance(value, str | int) and not isinstance(value, bool)
+    """Text, an integer, or a non-empty sequence of integers (a list, a range, an array)."""
+    if isinstance(value, str) or _is_integer(value):
+        return True
+    return isinstance(value, Sequence | range) and len(value) > 0 and all(_is_integer(v) for v in value)
 
 
 def _problem(f, kind: Kind, value: Any) -> Problem | None:
@@ -112,8 +118,10 @@ def _problem(f, kind: Kind, value: Any) -> Problem | None:
     if value is None:
         return None if kind.optional else Problem("type", _WORDS[kind.base], repr(value))
     if info.selection:
-        return None if _is_selection(value) else Problem("type", "text or an integer", repr(value))
+        return None if _is_selection(value) else Problem("type", "text like 0,2-4 or a list of integers", repr(value))
     items = value if kind.many else (value,)
+    if kind.many and not items:
+        return Problem("type", "a non-empty list", repr(value))
     for item in items:
         if isinstance(item, bool) and kind.base is not bool or not isinstance(item, kind.bases):
             words = " or ".join(_WORDS[t] for t in kind.bases)
@@ -137,10 +145,8 @@ def _normalise(f, kind: Kind, value: Any) -> Any:
     """Sequences become tuples (options are frozen); selection numbers become selection text."""
     if kind.many and value is not None:
         return tuple(value) if isinstance(value, list | tuple) else (value,)
-    if info_of(f).selection and isinstance(value, int):
-        return str(value)
-    if info_of(f).selection and isinstance(value, list | tuple):
-        return ",".join(str(int(v)) for v in value)
+    if info_of(f).selection and value is not None and not isinstance(value, str):
+        return str(int(value)) if _is_integer(value) else ",".join(str(int(v)) for v in value)
     return value
 
 
@@ -153,6 +159,8 @@ def from_keywords(cls: type, values: Mapping[str, Any]) -> Any:
         if f is None:
             known = ", ".join(f.name for f in fields(cls))
             raise OptionError(f"unknown option {key!r} (known: {known})")
+        if f.name in chosen:
+            raise OptionError(f"give {' or '.join(_names(f))}, not both")
         kind = kinds(cls)[f.name]
         if kind.many and isinstance(value, kind.base):
             value = (value,)
@@ -180,6 +188,8 @@ def from_mapping(cls: type, data: Any, where: str, source: str, section: str | N
         if f is None:
             known = ", ".join(sorted(f.name for f in fields(cls) if info_of(f).section == section))
             raise SpecError(f"{source}: unknown field '{prefix}{key}' (known: {known})")
+        if f.name in values:
+            raise SpecError(f"{source}: give {prefix}{' or '.join(_names(f))}, not both")
         kind = kinds(cls)[f.name]
         if kind.many and value is not None and not isinstance(value, list | tuple):
             value = (value,)
@@ -217,7 +227,7 @@ def cli_parameters(cls: type) -> list[inspect.Parameter]:
         flags = [_flag(name) for name in _names(f)]
         if kind.base is bool:
             flags = [f"{flags[0]}/--no-{flags[0][2:]}", *flags[1:]]
-        base: Any = list[kind.base] if kind.many else kind.base
+        base: Any = list[str] if kind.many else kind.base  # "2,3" is split and converted by _split_commas
         annotation = base | None if kind.optional or kind.many else base
         default = list(f.default) if kind.many else f.default
         help_text = info.help + (" Repeatable, or comma-separated." if kind.many else "")

@@ -469,3 +469,13 @@ def test_tasks_receive_unit_ids_not_documents(tmp_path, cluster):
     for key, size, arguments in seen:
         assert size < 1000, (key, size)  # a function, a plugin name and a unit id
         assert not any(text[:30] in arguments for text in texts), key
+
+
+def test_a_store_made_by_an_earlier_job_still_belongs_to_its_spec():
+    """The fingerprint that `job.json` records: the demo's was this before options were declared once."""
+    from qkscale.jobs import load_spec
+
+    demo = load_spec(Path(__file__).parent.parent / "workflows" / "demo.yaml")
+    assert demo.fingerprint() == "48b531e314d754e4"
+    changed = parse_spec({**demo.as_dict(), "extract": {**demo.as_dict()["extract"], "bucket": False}})
+    assert changed.fingerprint() != demo.fingerprint()  # a newer option, once set, counts

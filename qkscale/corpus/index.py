@@ -29,7 +29,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from qkscale.errors import CorpusError, OptionError
 
 Position = tuple[int, int]  # (offset, number) of a document inside one source
-Stamp = tuple[int, int] | None  # (size, mtime_ns) of a file; None for a source that is no file
+Stamp = tuple[int, int] | None  # (size, mtime_ns) of a file; (count, fingerprint) of the builtin corpus
 Document = TypeVar("Document")
 
 
@@ -86,15 +86,6 @@ def _stamp(path: Path | None) -> Stamp:
     return stat.st_size, stat.st_mtime_ns
 
 
-def _check_unchanged(path: Path | None, stamp: Stamp) -> None:
-    try:
-        current = _stamp(path)
-    except OSError:
-        current = None
-    if current != stamp:
-        raise CorpusError(f"corpus file {path} changed since the corpus was indexed; plan the extraction again")
-
-
 class Sharded(Generic[Document]):
     """Documents, index and shards of a corpus read as a list of sources; subclasses give the sources."""
 
@@ -108,6 +99,19 @@ class Sharded(Generic[Document]):
         """The documents of one source from ``start``, each with its position."""
         raise NotImplementedError
 
+    def _stamp_of(self, source: int) -> Stamp:
+        """What tells whether a source changed: a file's size and modification time."""
+        return _stamp(self._sources()[source])
+
+    def _check_unchanged(self, source: int, stamp: Stamp) -> None:
+        try:
+            current = self._stamp_of(source)
+        except OSError:
+            current = None
+        if current != stamp:
+            where = self._sources()[source] or self.spec
+            raise CorpusError(f"corpus file {where} changed since the corpus was indexed; plan the extraction again")
+
     def _records(
         self, start: Cursor = START, stamps: tuple[Stamp, ...] | None = None
     ) -> Iterator[tuple[Cursor, Document]]:
@@ -115,7 +119,7 @@ class Sharded(Generic[Document]):
         sources = self._sources()
         for source in range(start.file, len(sources)):
             if stamps is not None:
-                _check_unchanged(sources[source], stamps[source])
+                self._check_unchanged(source, stamps[source])
             first = (start.offset, start.number) if source == start.file else (START.offset, START.number)
             for (offset, number), document in self._read_source(source, first):
                 yield Cursor(source, offset, number), document
@@ -129,7 +133,7 @@ class Sharded(Generic[Document]):
         shard of ``docs_per_shard`` documents starts. Raises :class:`CorpusError` on bad input or no document."""
         if docs_per_shard < 1:
             raise OptionError(f"docs_per_shard must be at least 1, not {docs_per_shard}")
-        stamps = tuple(_stamp(path) for path in self._sources())
+        stamps = tuple(self._stamp_of(source) for source in range(len(self._sources())))
         cursors: list[Cursor] = []
         n_docs = 0
         for cursor, _ in islice(self._records(), limit):

@@ -17,7 +17,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from qkscale.corpus.index import Position, Sharded, no_documents
+from qkscale.corpus.index import Position, Sharded, Stamp, no_documents
 from qkscale.errors import CorpusError
 
 BUILTIN = "builtin"
@@ -124,6 +124,14 @@ class Corpus(Sharded[str]):
 
     def _sources(self) -> list[Path | None]:
         return [None] if self.is_builtin else list(self.files)
+
+    def _stamp_of(self, source: int) -> Stamp:
+        """The builtin corpus is built from this Python's standard library: its count and fingerprint."""
+        if not self.is_builtin:
+            return super()._stamp_of(source)
+        from qkscale.corpus.builtin import builtin_sentences
+
+        return len(builtin_sentences()), int(self.describe()["fingerprint"], 16)
 
     def _read_source(self, source: int, start: Position) -> Iterator[tuple[Position, str]]:
         """The documents of one source, stripped, empty ones skipped."""

@@ -1,14 +1,17 @@
 """The Dask executor: any stage's units as tasks on a cluster, under the engine's one policy.
 
 The stage goes to every worker once, inside a :class:`StagePlugin` (a ``distributed.WorkerPlugin``:
-its ``__init__`` keeps the stage, which holds only paths and options; ``setup`` loads what the
-units need, such as the model), and to workers that join later too. Tasks carry a unit id only
+its ``__init__`` keeps the stage, which holds paths, options and the plan, such as where each
+shard starts in the corpus, never a model; ``setup`` loads what the units need, such as the
+model), and to workers that join later too. Tasks carry a unit id only
 (a shard number, a head key), never documents or arrays, and at most :data:`IN_FLIGHT_PER_WORKER`
 tasks per worker are queued, so the scheduler's memory does not grow with the corpus.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
@@ -16,23 +19,32 @@ from typing import Any
 
 from distributed import WorkerPlugin, as_completed, get_worker
 
-from qkscale.cluster import Cluster
-from qkscale.engine import QUIET, Progress, Stage
+from qkscale.cluster import GPU, Cluster
+from qkscale.engine import QUIET, Progress, Stage, StageError
 
 IN_FLIGHT_PER_WORKER = 2
 
 
 class StagePlugin(WorkerPlugin):
-    """Holds a stage on a worker: set up when the worker gets it, torn down when it is unregistered."""
+    """Holds a stage on a worker: set up when the worker gets it, torn down when it is unregistered.
 
-    def __init__(self, stage: Stage):
-        self.stage = stage
+    Setting up (loading a model) runs in a thread, so that the worker's event loop keeps answering
+    the scheduler's heartbeats. With ``resource`` set, only workers that have it set up: the
+    stage's tasks go nowhere else.
+    """
 
-    def setup(self, worker: Any) -> None:
-        self.stage.setup()
+    def __init__(self, stage: Stage, resource: str | None = None):
+        self.stage, self.resource = stage, resource
 
-    def teardown(self, worker: Any) -> None:
-        self.stage.teardown()
+    def _runs_here(self, worker: Any) -> bool:
+        return self.resource is None or worker.state.total_resources.get(self.resource, 0) > 0
+
+    async def setup(self, worker: Any) -> None:
+        if self._runs_here(worker):
+            await asyncio.to_thread(self.stage.setup)
+
+    async def teardown(self, worker: Any) -> None:
+        await asyncio.to_thread(self.stage.teardown)
 
 
 def run_unit_task(plugin: str, unit: Hashable) -> Any:
@@ -64,8 +76,10 @@ class _DaskSession:
             unit = self.units.pop(future.key)
             if future.status == "finished":
                 yield unit, future.result(), None
-            else:
+            elif future.status == "error":
                 yield unit, None, future.exception()
+            else:  # cancelled or lost: no exception to fetch
+                yield unit, None, RuntimeError(f"the task was {future.status}")
 
     def cancel(self) -> None:
         futures = list(self.pending.futures)
@@ -83,8 +97,13 @@ class DaskExecutor:
     def session(self, stage: Stage, progress: Progress) -> Iterator[_DaskSession]:
         name = f"qkscale-{stage.name}-{uuid.uuid4().hex[:8]}"
         client = self.cluster.client
-        client.register_plugin(StagePlugin(stage), name=name)
+        resource = GPU if stage.uses_gpu and self.cluster.gpu_workers else None
         try:
+            try:
+                client.register_plugin(StagePlugin(stage, resource), name=name)
+            except Exception as exc:  # a worker could not load what the units need
+                raise StageError(f"{stage.name}: a worker could not set up: {type(exc).__name__}: {exc}") from None
             yield _DaskSession(self.cluster, stage, name)
         finally:
-            client.unregister_worker_plugin(name)
+            with contextlib.suppress(Exception):  # a worker that never had it, a closing cluster
+                client.unregister_worker_plugin(name)

@@ -138,8 +138,8 @@ def run_job(
                 tokens_per_s=round(tokens / elapsed, 1),
             )
 
-        store = stage(extraction, extracted).value
-        extract_seconds = time.perf_counter() - extract_started
+        extracted_run = stage(extraction, extracted)
+        store, extract_seconds = extracted_run.value, extracted_run.seconds  # from the first task on
         if spec.metrics and not store.has_metrics:
             stage(plan_metrics(store))
         if spec.projection is not None:

@@ -1,7 +1,8 @@
 """Job specs: one YAML file describes a whole job (model, corpus, extraction, projection, cluster).
 
 Every field is checked on load; an unknown field, a wrong type or a bad value is an error that
-names the field (``extract.batch_size: expected a positive integer, got 'many'``).
+names the field (``extract.batch_size: expected an integer, got 'many'``). Every field is declared
+by an options dataclass (:mod:`qkscale.stage_options` for the stages' own).
 """
 
 from __future__ import annotations
@@ -58,11 +59,28 @@ class JobSpec:
         return self.extract.corpus
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The spec in its YAML layout (``model``, ``corpus`` at the top, ``sampling`` apart)."""
+        data: dict[str, Any] = {"name": self.name, "out": self.out, "metrics": self.metrics}
+        data["cluster"] = asdict(self.cluster)
+        data["projection"] = None if self.projection is None else asdict(self.projection)
+        for name, value in asdict(self.extract).items():
+            section = _EXTRACT_SECTION[name]
+            if section is None:
+                data[name] = value
+            else:
+                data.setdefault(section, {})[name] = value
+        return data
 
     def fingerprint(self) -> str:
-        """Identity of what the job computes (not where it runs): a store belongs to one fingerprint."""
+        """Identity of what the job computes (not where it runs): a store belongs to one fingerprint.
+
+        Options added since 2026-12-01 count only when set, so stores of earlier jobs keep theirs.
+        """
         data = {k: v for k, v in self.as_dict().items() if k not in ("cluster", "out")}
+        for section, cls in (("extract", ExtractOptions), ("projection", ProjectOptions)):
+            if data.get(section) is not None:
+                defaults = asdict(cls())
+                data[section] = {k: v for k, v in data[section].items() if k not in _LATER_OPTIONS or v != defaults[k]}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def store_path(self, out: str | Path | None = None) -> Path:
@@ -77,6 +95,13 @@ _SECTIONS: dict[str, tuple[type, str | None]] = {
     "cluster": (ClusterSpec, None),
 }
 _TOP_EXTRACT = tuple(sections(ExtractOptions)["job"])  # model, corpus: written at the top level
+# Where each extraction option is written in a spec: None at the top, else its section.
+_EXTRACT_SECTION = {
+    name: None if section == "job" else section or "extract"
+    for section, names in sections(ExtractOptions).items()
+    for name in names
+}
+_LATER_OPTIONS = {"bucket", "q_module", "k_module", "n_heads", "head_dim", "causal", "translate", "scale"}
 _TOP_OWN = tuple(sections(_JobFields)[None])
 
 
