@@ -88,11 +88,27 @@ def connect(
 
     # Workers inherit this config: Dask's statistical profiler samples every worker thread each
     # 10 ms, time the model's forward passes need more on a machine with few cores.
-    with dask.config.set({"distributed.worker.profile.enabled": False}):
+    with dask.config.set({"distributed.worker.profile.enabled": False}), _environment_kept():
         make = _local_cluster if scheduler == "local" else _local_cuda_cluster
         cluster = make(workers, threads, memory)
-    with cluster, Client(cluster) as client:
+    with _environment_kept(), cluster, Client(cluster) as client:  # nannies that restart workers set them again
         yield Cluster(client, scheduler == "local-cuda")
+
+
+@contextlib.contextmanager
+def _environment_kept() -> Iterator[None]:
+    """Undo what starting worker processes does to this process's environment.
+
+    Dask's nannies set ``OMP_NUM_THREADS=1`` and the like for the processes they spawn, in
+    ``os.environ``; left there, they would make this process's later subprocesses single-threaded.
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for name in set(os.environ) - set(saved):
+            del os.environ[name]
+        os.environ.update(saved)
 
 
 def _worker_env(threads: int) -> dict[str, str]:

@@ -479,3 +479,11 @@ def test_a_store_made_by_an_earlier_job_still_belongs_to_its_spec():
     assert demo.fingerprint() == "48b531e314d754e4"
     changed = parse_spec({**demo.as_dict(), "extract": {**demo.as_dict()["extract"], "bucket": False}})
     assert changed.fingerprint() != demo.fingerprint()  # a newer option, once set, counts
+
+
+def test_a_local_cluster_leaves_this_process_environment_alone():
+    """Dask's nannies set OMP_NUM_THREADS=1 for their workers: not for this process and its subprocesses."""
+    before = dict(os.environ)
+    with connect("local", workers=1, threads=1):
+        assert dict(os.environ) == before
+    assert dict(os.environ) == before
