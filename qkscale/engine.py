@@ -9,7 +9,7 @@ Executors: :class:`SerialExecutor` runs units one after another in this process 
 and the Python API); the Dask executor (:mod:`qkscale.jobs.executor`) runs them as tasks. The
 policy is the same for both: a unit that raises is tried :data:`ATTEMPTS` times, then the stage
 stops with one line naming the unit (``shard 12 (documents 3072-3327) failed 3 times: ...``),
-pending units are cancelled and temps removed; one tqdm bar; one summary line.
+pending units are cancelled (their temps are removed by the next start); one tqdm bar; one summary line.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Stage(ABC):
             remove_temps(folder)
 
     def temp_folders(self) -> list:
-        """Folders where this stage's units write temps (removed when the stage starts or fails)."""
+        """Folders where this stage's units write temps (removed when the stage starts: none is running then)."""
         return []
 
     @abstractmethod
@@ -294,9 +294,8 @@ def run_stage(
                         else:
                             policy.failed(session, unit, error)
                 except BaseException:
+                    # Cancelled tasks may still be writing their temps: the next start() removes them.
                     session.cancel()
-                    for folder in stage.temp_folders():
-                        remove_temps(folder)
                     raise
     value = stage.finish(policy.combined)
     seconds = time.perf_counter() - policy.started
