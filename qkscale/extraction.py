@@ -324,7 +324,13 @@ class ExtractStage(Stage):
     def count(self, info: dict[str, int]) -> int:
         return info["n_tokens"]
 
-    def finish(self, results: dict) -> Store:
+    def empty(self) -> None:
+        return None  # the committed shards are the result: nothing is kept per shard
+
+    def combine(self, combined: None, shard: int, info: dict[str, int]) -> None:
+        return None
+
+    def finish(self, combined: None) -> Store:
         return finish_store(self.plan.out)
 
     def summary(self, store: Store, seconds: float) -> str:
