@@ -50,7 +50,7 @@ from qkscale.stage_options import DEFAULT_MODEL, ExtractOptions
 from qkscale.store import ShardWriter, Store, create_store, finish_store, layout, read_manifest
 
 # Fields of the manifest that must match for an existing store to be resumed.
-_IDENTITY = ("model", "layers", "corpus", "options")
+_IDENTITY = ("model", "layers", "heads", "corpus", "options")  # heads: only when not all
 # Options that change the stored rows (batches decide the row order within a shard).
 _ROW_OPTIONS = ("max_length", "docs_per_shard", "limit_docs", "max_tokens", "batch_size", "bucket", "dtype")
 
@@ -63,6 +63,7 @@ class ExtractionPlan:
     info: ModelInfo
     family: Family
     layers: list[int]
+    heads: list[int]  # query heads stored in every layer
     corpus: Corpus | ImageCorpus
     index: CorpusIndex  # where each shard starts in the corpus
     out: Path
@@ -121,6 +122,7 @@ def plan_extraction(
     if info.max_positions and chosen.max_length > info.max_positions:
         raise OptionError(f"--max-length {chosen.max_length} exceeds the model's {info.max_positions} positions")
     layers = parse_selection(chosen.layers, info.n_layers, "layers")
+    heads = parse_selection(chosen.heads, info.n_heads, "heads")
     out = Path(out).expanduser()
     _check_out_is_usable(out)
     source = _open_corpus_for(family, chosen.corpus, info.model_type)
@@ -132,11 +134,12 @@ def plan_extraction(
     identity = {
         "model": info.as_dict(),
         "layers": layers,
+        **({"heads": heads} if len(heads) < info.n_heads else {}),
         "corpus": source.describe(),
         "options": {**row_options, "limit_docs": limit_docs, "dtype": dtype},
     }
     _check_resumable(out, identity)
-    return ExtractionPlan(chosen, info, family, layers, source, index, out, limit_docs, device, dtype, identity)
+    return ExtractionPlan(chosen, info, family, layers, heads, source, index, out, limit_docs, device, dtype, identity)
 
 
 def _open_corpus_for(family: Family, corpus: str | Path, model_type: str) -> Corpus | ImageCorpus:
@@ -187,7 +190,7 @@ def _check_resumable(out: Path, identity: dict[str, Any]) -> None:
     if manifest is None:
         return
     for key in _IDENTITY:
-        theirs, ours = manifest.get(key), identity[key]
+        theirs, ours = manifest.get(key), identity.get(key)
         if theirs == ours:
             continue
         if isinstance(theirs, dict) and isinstance(ours, dict):
@@ -246,8 +249,9 @@ def extract_shard(
     """
     info = plan.info
     writer = ShardWriter(
-        plan.out, shard, plan.layers, info.n_heads, info.head_dim, info.n_kv_heads, loaded.inputs.token_schema
-    )
+        plan.out, shard, plan.layers, info.n_heads, info.head_dim, info.n_kv_heads, loaded.inputs.token_schema,
+        heads=plan.heads,
+    )  # fmt: skip
     try:
         for batch in loaded.inputs.batches(docs, plan.options.batch_size, plan.options.bucket):
             batch = batch.to(loaded.device)

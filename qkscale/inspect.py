@@ -19,6 +19,7 @@ def summarize(store: Store) -> dict[str, Any]:
         "model": model["source"],
         "model_type": model["model_type"],
         "layers": format_selection(store.layers),
+        "heads": format_selection(store.heads),
         "n_layers": store.n_layers,
         "n_heads": store.n_heads,
         "head_dim": store.head_dim,
@@ -66,7 +67,11 @@ def format_summary(s: dict[str, Any]) -> str:
     rows = [
         ("store", s["store"]),
         ("model", f"{s['model']} ({s['model_type']})"),
-        ("heads", f"{s['n_layers']} layers x {s['n_heads']} heads x {s['head_dim']} dims; stored layers {s['layers']}"),
+        (
+            "heads",
+            f"{s['n_layers']} layers x {s['n_heads']} heads x {s['head_dim']} dims; "
+            f"stored layers {s['layers']}, heads {s['heads']}",
+        ),
         ("corpus", s["corpus"]),
         ("documents", documents),
         ("tokens", f"{s['tokens']:,}"),

@@ -8,14 +8,15 @@ norm equals the mean key norm. Attention is the same before and after.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-# Bisection halves an interval of u = 1/c**2; 200 halvings reach float64's resolution from any bracket.
-_BISECTION_STEPS = 200
+# Newton's method from the right converges quadratically; this only bounds a pathological case.
+_NEWTON_STEPS = 100
 
 
 def array_module(array: Any) -> ModuleType:
@@ -36,6 +37,7 @@ class JointNormalization:
     translate: bool
     query_centroid_norm: float
     key_centroid_norm: float
+    shift: tuple[float, ...] = ()  # scale*mu_q - mu_k/scale when translating, else empty
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -43,47 +45,112 @@ class JointNormalization:
             "translate": self.translate,
             "query_centroid_norm": self.query_centroid_norm,
             "key_centroid_norm": self.key_centroid_norm,
+            "shift": list(self.shift),
         }
 
+    def apply(self, q: Any, k: Any) -> tuple[Any, Any]:
+        """``(q2, k2)`` as float32 copies of any rows of the head (row by row: chunks change nothing)."""
+        return self.queries(q), self.keys(k)
 
-def _mean_norm(x: Any, xp: ModuleType) -> float:
-    return float(xp.sqrt((x * x).sum(axis=1, dtype=xp.float64)).mean())
+    def queries(self, q: Any) -> Any:
+        xp = array_module(q)
+        q2 = xp.array(q, dtype=xp.float32)
+        q2 *= xp.float32(self.scale)
+        return q2
+
+    def keys(self, k: Any) -> Any:
+        xp = array_module(k)
+        k2 = xp.array(k, dtype=xp.float32)
+        k2 /= xp.float32(self.scale)
+        if self.shift:
+            k2 += xp.asarray(np.asarray(self.shift, np.float32))
+        return k2
 
 
-def _solve_scale(q: Any, k: Any, translate: bool, xp: ModuleType) -> float:
-    """The ``c`` that equalises mean norms of ``c*q`` and the (translated) ``k/c``."""
-    query_norm = _mean_norm(q, xp)
-    if not translate:
-        key_norm = _mean_norm(k, xp)
-        return float(np.sqrt(key_norm / query_norm)) if query_norm > 0 and key_norm > 0 else 1.0
-    # After translation a key is (k - mu_k)/c + c*mu_q; dividing every norm by c, the condition
-    # reads g(u) = mean|u*(k - mu_k) + mu_q| = mean|q| with u = 1/c**2. g is convex with g'(0) = 0,
-    # so it is non-decreasing for u >= 0 and bisection finds the root. Work per step is O(n).
-    mu_q = q.mean(axis=0, dtype=xp.float64)
-    centred = k - k.mean(axis=0, dtype=xp.float64).astype(k.dtype)
-    a = (centred * centred).sum(axis=1, dtype=xp.float64)
-    b = 2.0 * (centred @ mu_q.astype(k.dtype)).astype(xp.float64)
-    del centred
+Pairs = Callable[[], Iterable[tuple[Any, Any]]]  # each call yields (queries, keys) of successive row ranges
+
+
+def _norms(x: Any, xp: ModuleType) -> Any:
+    return xp.sqrt((x * x).sum(axis=1, dtype=xp.float64))
+
+
+def fit_normalization(pairs: Pairs, translate: bool = True, scale: bool = True) -> JointNormalization:
+    """The joint normalisation of a head read in chunks: ``pairs()`` is iterated once per pass.
+
+    Pass 1 sums centroids and mean norms; without translation that gives ``c``. With it, ``c``
+    solves ``g(u) = mean|u*(k - mu_k) + mu_q| = mean|q|`` for ``u = 1/c**2`` (dividing every
+    translated key's norm by ``c``). ``g`` is convex with ``g'(0) = 0``, so Newton's method started
+    right of the root (where ``g(u) >= u*mean|k - mu_k| - |mu_q| >= mean|q|``) falls monotonically
+    onto it: a handful of passes, each O(rows) in time and O(chunk) in memory.
+    """
+    n, sums, xp = 0, None, np
+    for q, k in pairs():
+        xp = array_module(q)
+        q, k = xp.asarray(q, dtype=xp.float32), xp.asarray(k, dtype=xp.float32)
+        if q.ndim != 2 or q.shape != k.shape:
+            raise ValueError(f"queries and keys must be arrays of one shape, not {q.shape} and {k.shape}")
+        part = (
+            q.sum(axis=0, dtype=xp.float64),
+            k.sum(axis=0, dtype=xp.float64),
+            _norms(q, xp).sum(),
+            _norms(k, xp).sum(),
+        )
+        sums = part if sums is None else tuple(a + b for a, b in zip(sums, part, strict=True))
+        n += len(q)
+    if not n:
+        raise ValueError("queries and keys must be non-empty arrays of one shape")
+    mu_q, mu_k = sums[0] / n, sums[1] / n
+    query_norm, key_norm = float(sums[2]) / n, float(sums[3]) / n
+    if not scale:
+        c = 1.0
+    elif not translate:
+        c = float(np.sqrt(key_norm / query_norm)) if query_norm > 0 and key_norm > 0 else 1.0
+    else:
+        c = _solve_translated_scale(pairs, n, mu_q, mu_k, query_norm, xp)
+    shift = tuple(float(v) for v in (c * mu_q - mu_k / c).tolist()) if translate else ()
+    return JointNormalization(
+        scale=c,
+        translate=translate,
+        query_centroid_norm=float(xp.linalg.norm(mu_q)),
+        key_centroid_norm=float(xp.linalg.norm(mu_k)),
+        shift=shift,
+    )
+
+
+def _solve_translated_scale(pairs: Pairs, n: int, mu_q: Any, mu_k: Any, target: float, xp: ModuleType) -> float:
     m = float(mu_q @ mu_q)
 
-    def g(u: float) -> float:
-        return float(xp.sqrt(xp.maximum(a * u * u + b * u + m, 0.0)).mean())
+    def passes(u: float | None) -> tuple[float, float, float]:
+        """Over all keys: mean |k - mu_k| and max a (u None), else g(u) and g'(u)."""
+        total, slope, largest = 0.0, 0.0, 0.0
+        for _, k in pairs():
+            centred = xp.asarray(k, dtype=xp.float32) - mu_k.astype(xp.float32)
+            a = (centred * centred).sum(axis=1, dtype=xp.float64)
+            if u is None:
+                total += float(xp.sqrt(a).sum())
+                largest = max(largest, float(a.max()))
+                continue
+            b = 2.0 * (centred @ mu_q.astype(xp.float32)).astype(xp.float64)
+            root = xp.sqrt(xp.maximum(a * u * u + b * u + m, 1e-300))
+            total += float(root.sum())
+            slope += float(((2.0 * a * u + b) / (2.0 * root)).sum())
+        return total / n, slope / n, largest
 
-    if query_norm <= np.sqrt(m) or float(a.max()) == 0.0:  # all queries alike or all keys alike
+    if target <= np.sqrt(m):  # all queries alike
         return 1.0
-    high = 1.0
-    while g(high) < query_norm:
-        high *= 2.0
-    low = 0.0
-    for _ in range(_BISECTION_STEPS):
-        middle = 0.5 * (low + high)
-        if g(middle) < query_norm:
-            low = middle
-        else:
-            high = middle
-        if high - low <= 1e-15 * high:
+    spread, _, largest = passes(None)
+    if largest == 0.0:  # all keys alike
+        return 1.0
+    u = (target + np.sqrt(m)) / spread
+    for _ in range(_NEWTON_STEPS):
+        g, slope, _ = passes(u)
+        if slope <= 0.0:
             break
-    return float(1.0 / np.sqrt(0.5 * (low + high)))
+        step = (g - target) / slope
+        if step <= abs(u) * 1e-15:  # at the root (to rounding), or past it by rounding
+            break
+        u -= step
+    return float(1.0 / np.sqrt(u))
 
 
 def normalize(q: Any, k: Any, translate: bool = True, scale: bool = True) -> tuple[Any, Any]:
@@ -95,23 +162,9 @@ def normalize(q: Any, k: Any, translate: bool = True, scale: bool = True) -> tup
 def normalize_with_info(
     q: Any, k: Any, translate: bool = True, scale: bool = True
 ) -> tuple[Any, Any, JointNormalization]:
-    """:func:`normalize`, also returning the transform that was applied."""
-    xp = array_module(q)
-    q2 = xp.array(q, dtype=xp.float32)  # float32 copies; every reduction accumulates in float64
-    k2 = xp.array(k, dtype=xp.float32)
-    if q2.ndim != 2 or q2.shape != k2.shape or q2.shape[0] == 0:
-        raise ValueError(f"queries and keys must be non-empty arrays of one shape, not {q2.shape} and {k2.shape}")
-    mu_q = q2.mean(axis=0, dtype=xp.float64)
-    mu_k = k2.mean(axis=0, dtype=xp.float64)
-    c = _solve_scale(q2, k2, translate, xp) if scale else 1.0
-    q2 *= xp.float32(c)
-    k2 /= xp.float32(c)
-    if translate:
-        k2 += (c * mu_q - mu_k / c).astype(xp.float32)
-    info = JointNormalization(
-        scale=c,
-        translate=translate,
-        query_centroid_norm=float(xp.linalg.norm(mu_q)),
-        key_centroid_norm=float(xp.linalg.norm(mu_k)),
-    )
+    """:func:`normalize`, also returning the transform that was applied (one chunk of :func:`fit_normalization`)."""
+    if q.ndim != 2 or q.shape != k.shape or q.shape[0] == 0:
+        raise ValueError(f"queries and keys must be non-empty arrays of one shape, not {q.shape} and {k.shape}")
+    info = fit_normalization(lambda: [(q, k)], translate=translate, scale=scale)
+    q2, k2 = info.apply(q, k)
     return q2, k2, info

@@ -76,50 +76,58 @@ class HeadSums:
         causal: bool,
         window: int | None = None,
     ) -> None:
-        """Add one document's heads of one layer: ``q``, ``k`` are ``[H, T, D]``, ``special`` is ``[T]``."""
+        """Add documents of equal length for one layer's heads.
+
+        ``q`` and ``k`` are ``[H, T, D]`` (one document) or ``[H, B, T, D]`` (B documents of T
+        tokens), ``special`` is ``[T]`` or ``[B, T]``.
+        """
+        if q.ndim == 3:
+            q, k, special = q[:, None], k[:, None], special[None]
         q = q.astype(np.float32)
         k = k.astype(np.float32)
-        t = q.shape[1]
-        a = attention_weights(q, k, scale, causal, window)  # [H, T, T] float32; sums below are float64
+        n_heads, n_docs, t, d = q.shape
+        a = attention_weights(q.reshape(-1, t, d), k.reshape(-1, t, d), scale, causal, window)
+        a = a.reshape(n_heads, n_docs, t, t)  # float32; the sums below are float64
 
-        def total(x: np.ndarray) -> np.ndarray:  # [H, T, ...] summed over queries (and keys) per head
-            return x.reshape(len(x), -1).sum(axis=1, dtype=np.float64)
+        def total(x: np.ndarray) -> np.ndarray:  # summed over documents, queries (and keys) per head
+            return x.reshape(n_heads, -1).sum(axis=1, dtype=np.float64)
 
         def diagonal(offset: int) -> np.ndarray:  # attention of each query on the key `offset` tokens away
-            return total(np.diagonal(a, offset=offset, axis1=1, axis2=2)) if abs(offset) < t else np.zeros(len(a))
+            return total(np.diagonal(a, offset=offset, axis1=2, axis2=3)) if abs(offset) < t else np.zeros(n_heads)
 
         position = np.arange(t, dtype=np.float32)
         distance = np.abs(position[None, :] - position[:, None])
         sums = [
             -total(a * np.log(np.where(a > 0, a, 1.0))),
             total(a * distance),
-            total(a[:, :, special]),
-            total(a[:, :, 0]),
+            total(a * special[None, :, None, :]),
+            total(a[..., 0]),
             diagonal(-1),
             diagonal(0),
             diagonal(1),
         ]
-        self.n_queries[layer] += t
+        self.n_queries[layer] += n_docs * t
         self.query_sums[layer] += np.stack(sums, axis=-1)
         band = np.stack([diagonal(o) for o in range(-OFFSET_RADIUS, OFFSET_RADIUS + 1)], axis=-1)
         left = total(np.tril(a, -OFFSET_RADIUS - 1))
-        self.offsets[layer] += np.column_stack([left, band, t - left - band.sum(axis=1)])
-        self.q_sum[layer] += q.sum(axis=1)
-        self.k_sum[layer] += k.sum(axis=1)
-        self.q_norm_sum[layer] += np.linalg.norm(q, axis=2).sum(axis=1)
-        self.k_norm_sum[layer] += np.linalg.norm(k, axis=2).sum(axis=1)
+        self.offsets[layer] += np.column_stack([left, band, n_docs * t - left - band.sum(axis=1)])
+        self.q_sum[layer] += q.reshape(n_heads, -1, d).sum(axis=1, dtype=np.float64)
+        self.k_sum[layer] += k.reshape(n_heads, -1, d).sum(axis=1, dtype=np.float64)
+        self.q_norm_sum[layer] += total(np.linalg.norm(q, axis=3))
+        self.k_norm_sum[layer] += total(np.linalg.norm(k, axis=3))
 
     def combine(self, other: HeadSums) -> HeadSums:
         """The sums of both parts (e.g. two shards)."""
         return HeadSums(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
-    def finalize(self, layers: list[int]) -> pd.DataFrame:
-        """One row per (layer, head): the means of every statistic."""
+    def finalize(self, layers: list[int], heads: list[int] | None = None) -> pd.DataFrame:
+        """One row per (stored layer, stored head; all heads by default): the means of every statistic."""
         n = np.maximum(self.n_queries, 1)[:, None]
-        n_heads = self.q_sum.shape[1]
+        heads = list(range(self.q_sum.shape[1])) if heads is None else heads
+        n_heads = len(heads)
         table: dict[str, Any] = {
             "layer": np.repeat(layers, n_heads),
-            "head": np.tile(np.arange(n_heads), len(layers)),
+            "head": np.tile(heads, len(layers)),
             "n_queries": np.repeat(self.n_queries.astype(np.int64), n_heads),
         }
         means = self.query_sums / n[:, :, None]
@@ -138,21 +146,32 @@ class HeadSums:
         return (self.offsets / n).reshape(-1, len(OFFSET_BINS))
 
 
+# Documents of one length are stacked into batches of at most this many attention weights.
+BATCH_WEIGHTS = 1 << 22
+
+
 def shard_sums(store: Store, shard: int) -> HeadSums:
-    """The sums over one committed shard (the unit a Dask task computes)."""
+    """The sums over one committed shard (the unit a Dask task computes), from its rows only.
+
+    Documents of equal length go through :meth:`HeadSums.append` together, a batch at a time.
+    """
     rows = store.shard_rows(shard)
-    tokens = store.tokens.iloc[rows]
-    starts = np.flatnonzero(tokens["position"].to_numpy() == 0)
-    lengths = tokens["doc_length"].to_numpy()[starts]
-    special = tokens["is_special"].to_numpy()
-    sums = HeadSums.create(len(store.layers), store.n_heads, store.head_dim)
+    columns = store.token_columns(["position", "doc_length", "is_special"], rows)
+    starts = np.flatnonzero(columns["position"].to_numpy() == 0)
+    lengths = columns["doc_length"].to_numpy()[starts]
+    special = columns["is_special"].to_numpy(zero_copy_only=False)
+    heads = store.heads
+    sums = HeadSums.create(len(store.layers), len(heads), store.head_dim)
     for index, layer in enumerate(store.layers):
-        q = np.stack([store.queries(layer, h, rows) for h in range(store.n_heads)])
-        k = np.stack([store.keys(layer, h, rows) for h in range(store.n_heads)])
+        q = np.stack([store.queries(layer, h, rows) for h in heads])
+        k = np.stack([store.keys(layer, h, rows) for h in heads])
         scale, window = store.score_scale(layer), store.attention_window(layer)
-        for start, length in zip(starts, lengths, strict=True):
-            doc = slice(start, start + length)
-            sums.append(index, q[:, doc], k[:, doc], special[doc], scale, store.causal, window)
+        for length in np.unique(lengths):
+            same = starts[lengths == length]
+            per_batch = max(1, BATCH_WEIGHTS // (len(heads) * int(length) ** 2))
+            for first in range(0, len(same), per_batch):
+                ids = same[first : first + per_batch, None] + np.arange(length)  # [B, T] rows of the shard
+                sums.append(index, q[:, ids], k[:, ids], special[ids], scale, store.causal, window)
     return sums
 
 
@@ -210,13 +229,13 @@ class MetricsStage(Stage):
         return shard_sums(self.store, shard)
 
     def empty(self) -> HeadSums:
-        return HeadSums.create(len(self.store.layers), self.store.n_heads, self.store.head_dim)
+        return HeadSums.create(len(self.store.layers), len(self.store.heads), self.store.head_dim)
 
     def combine(self, sums: HeadSums, shard: int, part: HeadSums) -> HeadSums:
         return sums.combine(part)  # one running sum: memory does not grow with the shards
 
     def finish(self, sums: HeadSums) -> pd.DataFrame:
-        table = sums.finalize(self.store.layers)
+        table = sums.finalize(self.store.layers, self.store.heads)
         profiles = sums.offset_profiles()
         similarity, order = head_similarity(profiles)
         table["order"] = np.argsort(order)

@@ -34,6 +34,9 @@ class ExtractOptions:
         None, "Only the first documents holding at most N tokens (instead of --limit-docs).", min=1, section="sampling"
     )
     layers: str | None = option(None, "Layers to store, e.g. 0,2-4 (default all).", selection=True)
+    heads: str | None = option(
+        None, "Query heads to store in each stored layer, e.g. 0-3,7 (default all).", selection=True
+    )
     docs_per_shard: int = option(256, "Documents per shard: one task and one atomic commit.", min=1, section="sampling")
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     dtype: str = option("auto", "auto (float32 on CPU, float16 on CUDA), float32, float16 or bfloat16.")

@@ -426,8 +426,8 @@ def test_a_failing_projection_stops_the_job_naming_the_head(tmp_path, single_sto
 def test_a_failing_metrics_unit_stops_the_job_and_the_cli_naming_the_shard(tmp_path, single_store, cluster, run_cli):
     last = single_store.manifest["n_shards"] - 1
 
-    def truncate(table):  # the last shard's vectors lose their last rows: its metrics cannot be computed
-        return table.slice(0, len(table) - 5)
+    def truncate(table):  # the last shard loses a head's queries (rows still agree): its metrics cannot be computed
+        return table.rename_columns([f"lost_{table.column_names[0]}", *table.column_names[1:]])
 
     for name in ("job", "cli"):
         _copy_store(single_store, tmp_path / name)

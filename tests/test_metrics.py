@@ -82,6 +82,19 @@ def test_offset_profile_and_combine():
     assert profiles[:, 0].sum() > 0  # offsets below -8 exist in the 12-token document
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_documents_of_one_length_in_a_batch_equal_one_at_a_time(causal):
+    rng = np.random.default_rng(5)
+    q, k = rng.normal(size=(2, 3, 4, 10, 6))  # 3 heads, 4 documents of 10 tokens
+    special = rng.random((4, 10)) < 0.2
+    batched, single = HeadSums.create(1, 3, 6), HeadSums.create(1, 3, 6)
+    batched.append(0, q, k, special, scale=0.4, causal=causal, window=3 if causal else None)
+    for doc in range(4):
+        single.append(0, q[:, doc], k[:, doc], special[doc], scale=0.4, causal=causal, window=3 if causal else None)
+    for field in ("n_queries", "query_sums", "offsets", "q_sum", "k_sum", "q_norm_sum", "k_norm_sum"):
+        np.testing.assert_allclose(getattr(batched, field), getattr(single, field), rtol=1e-6, atol=1e-9)
+
+
 def test_far_offsets_fall_in_the_outer_bins():
     t = 12
     keys = np.eye(t, dtype=np.float32)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -161,3 +163,64 @@ def test_open_store_errors(tmp_path):
         qkscale.open_store(tmp_path / "missing")
     with pytest.raises(StoreError, match="not a qkscale store"):
         qkscale.open_store(tmp_path)
+
+
+def test_lazy_token_reads_equal_full_reads(builtin_store):
+    full = builtin_store.tokens
+    index = builtin_store.shard_index
+    assert index.n_tokens == len(full) == builtin_store.n_tokens and len(index.shards) == 3
+    across = slice(int(index.starts[1]) - 7, int(index.starts[2]) + 5)  # ends inside two other shards
+    for rows in (slice(None), across, slice(3, 4), slice(10, 10)):
+        for name in full.columns:
+            np.testing.assert_array_equal(builtin_store.token_column(name, rows), full[name].to_numpy()[rows])
+    vocabulary = builtin_store.vocabulary
+    assert list(vocabulary) == sorted(set(full["token"]))
+    assert (builtin_store.path / layout.VOCABULARY).is_file()
+    np.testing.assert_array_equal(vocabulary[builtin_store.token_codes(across)], full["token"].to_numpy()[across])
+    for doc in (0, 24, 25, 37, 59):
+        expected = np.flatnonzero(full["doc"].to_numpy() == doc)
+        rows = builtin_store.doc_rows(doc)
+        assert (rows.start, rows.stop) == (expected[0], expected[-1] + 1)
+        assert builtin_store.doc_of(rows.start) == doc == builtin_store.doc_of(rows.stop - 1)
+        assert builtin_store.document(doc)["text"] == builtin_store.documents.loc[doc, "text"]
+    for bad in (lambda: builtin_store.doc_rows(60), lambda: builtin_store.document(-1)):
+        with pytest.raises(StoreError, match="document -?\\d+ is not in store"):
+            bad()
+
+
+def test_vector_reads_across_shards_and_batches(builtin_store):
+    q = builtin_store.queries(4, 7)
+    index = builtin_store.shard_index
+    assert sum(len(b) - 1 for b in index.batch_starts) > len(index.shards)  # several record batches a shard
+    for start in range(0, len(q), 97):
+        rows = slice(start, start + 211)
+        np.testing.assert_array_equal(builtin_store.queries(4, 7, rows), q[rows])
+        np.testing.assert_array_equal(builtin_store.keys(4, 7, rows), builtin_store.keys(4, 7)[rows])
+
+
+@pytest.mark.parametrize("damage", ["tokens", "vectors", "info"])
+def test_a_shard_whose_files_disagree_is_a_one_line_error(tmp_path, builtin_store, damage):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "store"
+    shutil.copytree(builtin_store.path, copy)
+    folder = layout.shard_dir(copy, 1)
+    if damage == "tokens":
+        table = pq.read_table(folder / layout.TOKENS)
+        pq.write_table(table.slice(0, table.num_rows - 1), folder / layout.TOKENS)
+    elif damage == "vectors":
+        reader = ipc.open_file(pa.memory_map(str(folder / layout.VECTORS)))
+        batches = [reader.get_batch(i) for i in range(reader.num_record_batches - 1)]
+        with ipc.new_file(str(folder / "v.arrow"), reader.schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+        (folder / "v.arrow").replace(folder / layout.VECTORS)
+    else:
+        info = json.loads((folder / layout.SHARD_INFO).read_text())
+        (folder / layout.SHARD_INFO).write_text(json.dumps({**info, "n_tokens": info["n_tokens"] + 3}))
+    with pytest.raises(StoreError) as error:
+        _ = qkscale.open_store(copy).n_tokens
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("shard shards/00001 is inconsistent: tokens.parquet has")

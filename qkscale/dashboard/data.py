@@ -78,7 +78,7 @@ class DashboardData:
     @functools.cached_property
     def heads(self) -> list[tuple[int, int]]:
         """Every stored (layer, head), layer by layer."""
-        return [(layer, head) for layer in self.store.layers for head in range(self.store.n_heads)]
+        return [(layer, head) for layer in self.store.layers for head in self.store.heads]
 
     def projections(self) -> dict[str, list[tuple[int, int]]]:
         """Which heads have which projections (read fresh: `qkscale project` may add some)."""

@@ -104,7 +104,7 @@ def matrix_element(
     from qkscale.dashboard.plotting import hv
 
     order = ordered_heads(heads, ordering, metrics)
-    grid = tile_grid(order, store.n_heads if ordering == "head similarity" else None)
+    grid = tile_grid(order, len(store.heads) if ordering == "head similarity" else None)
     pixels = tile_pixels(grid)
     images = {}
     for layer, head in order:

@@ -80,7 +80,8 @@ class JobSpec:
         for section, cls in (("extract", ExtractOptions), ("projection", ProjectOptions)):
             if data.get(section) is not None:
                 defaults = asdict(cls())
-                data[section] = {k: v for k, v in data[section].items() if k not in _LATER_OPTIONS or v != defaults[k]}
+                later = _LATER_OPTIONS[section]
+                data[section] = {k: v for k, v in data[section].items() if k not in later or v != defaults[k]}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def store_path(self, out: str | Path | None = None) -> Path:
@@ -101,7 +102,10 @@ _EXTRACT_SECTION = {
     for section, names in sections(ExtractOptions).items()
     for name in names
 }
-_LATER_OPTIONS = {"bucket", "q_module", "k_module", "n_heads", "head_dim", "causal", "translate", "scale"}
+_LATER_OPTIONS = {
+    "extract": {"heads", "bucket", "q_module", "k_module", "n_heads", "head_dim", "causal"},
+    "projection": {"translate", "scale"},
+}
 _TOP_OWN = tuple(sections(_JobFields)[None])
 
 

@@ -23,11 +23,12 @@ from qkscale.options import api_signature, from_keywords
 from qkscale.project.base import MIN_POINTS, Backend
 from qkscale.project.placement import CHUNK_POINTS, NeighborSearch, chunks, linear_map, place_by_neighbors
 from qkscale.project.registry import get_backend
-from qkscale.project.sampling import fit_points, trustworthiness
+from qkscale.project.sampling import DocOrder, fit_points, subsample_trustworthiness, trust_points
+from qkscale.project.source import StoredPoints, store_doc_order, stored_head, unit_rows
 from qkscale.selection import format_selection, parse_selection
 from qkscale.stage_options import DEFAULT_SAMPLE, DISTANCES, ProjectOptions
 from qkscale.store import Store, open_store
-from qkscale.store.projections import PROJECTIONS, projection_key, projection_path, read_record, write_projection
+from qkscale.store.projections import PROJECTIONS, ProjectionWriter, projection_key, projection_path, read_record
 
 METRICS = DISTANCES
 
@@ -61,7 +62,10 @@ def _select(store: Store, layers: str | list[int] | None, heads: str | list[int]
     missing = [layer for layer in layer_list if layer not in stored]
     if missing:
         raise OptionError(f"layer {missing[0]} is not in the store (stored layers: {format_selection(stored)})")
-    head_list = parse_selection(heads, store.n_heads, "heads")
+    head_list = store.heads if heads is None else parse_selection(heads, store.n_heads, "heads")
+    unstored = [head for head in head_list if head not in store.heads]
+    if unstored:
+        raise OptionError(f"head {unstored[0]} is not in the store (stored heads: {format_selection(store.heads)})")
     return [(layer, head) for layer in layer_list for head in head_list]
 
 
@@ -115,62 +119,95 @@ def _is_done(store: Store, settings: ProjectionSettings, layer: int, head: int) 
 
 
 def joint_points(q: np.ndarray, k: np.ndarray, settings: ProjectionSettings) -> tuple[np.ndarray, JointNormalization]:
-    """``[queries; keys]`` jointly normalised (and on the unit sphere for the cosine metric)."""
+    """``[queries; keys]`` jointly normalised in memory (and on the unit sphere for the cosine metric)."""
     q2, k2, normalization = normalize_with_info(q, k, translate=settings.translate, scale=settings.scale)
     points = np.concatenate([q2, k2])
     del q2, k2
-    if settings.metric == "cosine":  # on unit vectors, Euclidean distance ranks like cosine distance
-        points /= np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
-    return points, normalization
+    return (unit_rows(points) if settings.metric == "cosine" else points), normalization
 
 
 def _quiet(stage: str) -> None:
     """The default progress report: none."""
 
 
+Points = np.ndarray | StoredPoints  # anything indexable by a slice or by increasing ids, with len()
+Sink = Callable[[slice, np.ndarray], None]  # receives the coordinates of each chunk of points, in order
+
+
 def embed_points(
-    points: np.ndarray,
-    docs: np.ndarray,
+    points: Points,
+    docs: np.ndarray | DocOrder,
     settings: ProjectionSettings,
     backend: Backend,
     report: Callable[[str], None] = _quiet,
-) -> tuple[np.ndarray, dict[str, Any]]:
+    sink: Sink | None = None,
+) -> tuple[np.ndarray | None, dict[str, Any]]:
     """Coordinates of ``points`` (``[queries; keys]`` of the tokens in ``docs``): fit a sample, place the rest.
 
-    ``report`` is called with a short description of each stage (for a progress bar).
+    The points are read, placed and handed on in chunks of :data:`CHUNK_POINTS`, so memory is set
+    by the chunk and the sample. Without ``sink`` the coordinates are returned as one array; with
+    it each chunk goes to ``sink(chunk, coords)`` and None is returned. ``details`` holds the
+    record's fields, trustworthiness (on the fixed subsample) included. ``report`` is called with
+    a short description of each stage (for a progress bar).
     """
     started = time.perf_counter()
+    n_points = len(points)
     fitted = fit_points(docs, settings.sample, np.random.default_rng(settings.seed))
     sample = points[fitted]
     report(f"fitting {len(fitted):,} points")
     sample_embedding = backend.embed(sample, settings.method, settings.dims, settings.seed)
     fit_seconds = time.perf_counter() - started
 
-    coords = np.empty((len(points), settings.dims), np.float32)
-    coords[fitted] = sample_embedding
-    rest = np.setdiff1d(np.arange(len(points)), fitted, assume_unique=True)
-    placement = "none (full fit)"
-    if len(rest):
-        if settings.method == "pca":
-            place = linear_map(sample, sample_embedding)
-            placement = "linear map"
+    n_rest = n_points - len(fitted)
+    place, placement = None, "none (full fit)"
+    if n_rest and settings.method == "pca":
+        place, placement = linear_map(sample, sample_embedding), "linear map"
+    elif n_rest:
+        search = NeighborSearch(sample, n_rest, device=backend.device, seed=settings.seed)
+        place = lambda chunk: place_by_neighbors(search, sample_embedding, chunk)  # noqa: E731
+        placement = f"{'exact' if search.exact else 'approximate'} nearest-neighbour interpolation"
+    del sample
+
+    coords = np.empty((n_points, settings.dims), np.float32) if sink is None else None
+    trust_ids = trust_points(n_points)
+    trust_x, trust_coords = [], []
+    for chunk in _halves_in_chunks(n_points, CHUNK_POINTS):
+        if n_rest:
+            report(f"placing {n_rest:,} points: {chunk.start / n_points:.0%}")
+        first, last = np.searchsorted(fitted, [chunk.start, chunk.stop])
+        out = np.empty((chunk.stop - chunk.start, settings.dims), np.float32)
+        in_sample = np.zeros(len(out), bool)
+        in_sample[fitted[first:last] - chunk.start] = True
+        out[fitted[first:last] - chunk.start] = sample_embedding[first:last]  # a row drawn twice: its last fit
+        t_first, t_last = np.searchsorted(trust_ids, [chunk.start, chunk.stop])
+        trusted = trust_ids[t_first:t_last] - chunk.start
+        if not in_sample.all() or len(trusted):
+            x = points[chunk]
+            if not in_sample.all():
+                out[~in_sample] = place(x[~in_sample])
+            trust_x.append(x[trusted])
+            trust_coords.append(out[trusted])
+        if not np.isfinite(out).all():
+            raise QKScaleError(f"{backend.name} returned non-finite coordinates")
+        if sink is None:
+            coords[chunk] = out
         else:
-            search = NeighborSearch(sample, len(rest), device=backend.device, seed=settings.seed)
-            place = lambda chunk: place_by_neighbors(search, sample_embedding, chunk)  # noqa: E731
-            placement = f"{'exact' if search.exact else 'approximate'} nearest-neighbour interpolation"
-        for chunk in chunks(len(rest), CHUNK_POINTS):
-            report(f"placing {len(rest):,} points: {chunk.start / len(rest):.0%}")
-            coords[rest[chunk]] = place(points[rest[chunk]])
-    if not np.isfinite(coords).all():
-        raise QKScaleError(f"{backend.name} returned non-finite coordinates")
+            sink(chunk, out)
     details = {
-        "n_points": len(points),
+        "n_points": n_points,
         "n_fitted": len(fitted),
         "placement": placement,
         "fit_seconds": round(fit_seconds, 3),
         "place_seconds": round(time.perf_counter() - started - fit_seconds, 3),
+        "trustworthiness": subsample_trustworthiness(np.concatenate(trust_x), np.concatenate(trust_coords)),
     }
     return coords, details
+
+
+def _halves_in_chunks(n_points: int, size: int) -> list[slice]:
+    """Chunks of ``[0, n_points)`` that never straddle the queries/keys boundary."""
+    half = n_points // 2
+    return [*chunks(half, size), *(slice(c.start + half, c.stop + half) for c in chunks(n_points - half, size))]
 
 
 def project_head(
@@ -181,15 +218,30 @@ def project_head(
     backend: Backend,
     report: Callable[[str], None] = _quiet,
 ) -> dict[str, Any]:
-    """Project one head's queries and keys jointly and commit the result; returns its record."""
+    """Project one head's queries and keys jointly and commit the result; returns its record.
+
+    Every pass over the head streams it in chunks: the normalisation, the sample (read by row
+    ids), and the placement, whose coordinates are written as they come, one row group a chunk.
+    """
     started = time.perf_counter()
-    report("reading and normalising")
-    points, normalization = joint_points(store.queries(layer, head), store.keys(layer, head), settings)
+    report("normalising")
+    points = stored_head(store, layer, head, settings.translate, settings.scale, settings.metric == "cosine")
+    n_tokens = store.n_tokens
+    path = projection_path(store.path, settings.method, settings.dims, layer, head)
+    writer = ProjectionWriter(path, settings.dims)
+
+    def write(chunk: slice, coords: np.ndarray) -> None:
+        kind = 0 if chunk.start < n_tokens else 1
+        tokens = np.arange(chunk.start, chunk.stop) - kind * n_tokens
+        writer.write(tokens, np.full(len(tokens), kind, np.int8), coords)
+
     try:
-        coords, details = embed_points(points, store.tokens["doc"].to_numpy(), settings, backend, report)
-    except QKScaleError as exc:
-        raise QKScaleError(f"layer {layer} head {head}: {exc}") from None
-    report("scoring and writing")
+        _, details = embed_points(points, store_doc_order(store), settings, backend, report, sink=write)
+    except BaseException as exc:
+        writer.abort()
+        if isinstance(exc, QKScaleError):
+            raise QKScaleError(f"layer {layer} head {head}: {exc}") from None
+        raise
     record = {
         "settings": asdict(settings),
         "layer": layer,
@@ -198,17 +250,11 @@ def project_head(
         "library": backend.describe(settings.method, settings.dims),
         "device": backend.device,
         **details,
-        "normalization": normalization.as_dict(),
-        "trustworthiness": trustworthiness(points, coords),
+        "normalization": points.normalization.as_dict(),
         "seconds": round(time.perf_counter() - started, 3),
         "qkscale_version": __version__,
     }
-    n_tokens = len(points) // 2
-    tokens = np.tile(np.arange(n_tokens), 2)
-    kinds = np.repeat(np.array([0, 1], np.int8), n_tokens)
-    write_projection(
-        projection_path(store.path, settings.method, settings.dims, layer, head), tokens, kinds, coords, record
-    )
+    writer.commit(record)
     return record
 
 

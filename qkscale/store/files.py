@@ -9,6 +9,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 
 def temp_sibling(path: Path) -> Path:
     """A unique temporary path beside ``path`` (same file system, so a rename is atomic)."""
@@ -24,6 +27,20 @@ def write_json_atomic(path: Path, data: Any) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temp, path)
+
+
+def write_parquet_atomic(path: Path, table: pa.Table, **options: Any) -> None:
+    """Write ``table`` to a temp file, flush it to disk, then rename it over ``path``."""
+    temp = temp_sibling(path)
+    try:
+        with temp.open("wb") as handle:
+            pq.write_table(table, handle, **options)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def fsync_path(path: Path) -> None:

@@ -2,7 +2,8 @@
 
 ```
 STORE/
-  manifest.json            model, layers, score scales, corpus, options, shard plan, complete
+  manifest.json            model, layers, heads, score scales, corpus, options, shard plan, complete
+  vocabulary.parquet       every distinct token string, sorted (written when the store is complete)
   shards/00000/            one folder per shard, committed by an atomic rename
     tokens.parquet         one row per token, in the row order of vectors.arrow
                            (+ image, patch_row, patch_col for vision models)
@@ -29,6 +30,7 @@ TOKENS = "tokens.parquet"
 DOCS = "docs.parquet"
 VECTORS = "vectors.arrow"
 SHARD_INFO = "shard.json"
+VOCABULARY = "vocabulary.parquet"  # every distinct token string, written when the store is finished
 TOKEN_SCHEMA = pa.schema(
     [
         ("doc", pa.int64()),

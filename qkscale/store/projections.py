@@ -26,6 +26,7 @@ PROJECTIONS = "projections"
 _RECORD_KEY = b"qkscale"
 _FILE = re.compile(r"L(\d+)-H(\d+)\.parquet")
 AXES = ("x", "y", "z")
+_KINDS = pa.array(["q", "k"])
 
 
 def projection_key(method: str, dims: int) -> str:
@@ -36,27 +37,55 @@ def projection_path(root: Path, method: str, dims: int, layer: int, head: int) -
     return root / PROJECTIONS / projection_key(method, dims) / f"L{layer:03d}-H{head:03d}.parquet"
 
 
+class ProjectionWriter:
+    """Writes one head's projection chunk by chunk (a Parquet row group each), then renames it into place."""
+
+    def __init__(self, path: Path, dims: int):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.temp = path, temp_sibling(path)
+        fields = [("token", pa.int64()), ("kind", pa.dictionary(pa.int8(), pa.string()))]
+        self.schema = pa.schema(fields + [(axis, pa.float32()) for axis in AXES[:dims]])
+        self._handle = self.temp.open("wb")
+        self._writer = pq.ParquetWriter(self._handle, self.schema)
+
+    def write(self, tokens: np.ndarray, kinds: np.ndarray, coords: np.ndarray) -> None:
+        """Append rows: token ids, kinds (0 query, 1 key) and ``[n, dims]`` coordinates."""
+        columns = [
+            pa.array(tokens, pa.int64()),
+            pa.DictionaryArray.from_arrays(pa.array(kinds, pa.int8()), _KINDS),
+            *(pa.array(np.ascontiguousarray(values, dtype=np.float32)) for values in coords.T),
+        ]
+        self._writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+
+    def commit(self, record: dict) -> None:
+        """Store ``record`` in the footer, flush to disk and rename into place."""
+        try:
+            self._writer.add_key_value_metadata({_RECORD_KEY.decode(): json.dumps(record)})
+            self._writer.close()
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            os.replace(self.temp, self.path)
+            fsync_path(self.path.parent)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Drop the unfinished file."""
+        self._handle.close()
+        self.temp.unlink(missing_ok=True)
+
+
 def write_projection(path: Path, tokens: np.ndarray, kinds: np.ndarray, coords: np.ndarray, record: dict) -> None:
-    """Write one head's projection to a temp file, flush it, and rename it into place."""
-    columns: dict[str, pa.Array] = {
-        "token": pa.array(tokens, pa.int64()),
-        "kind": pa.DictionaryArray.from_arrays(pa.array(kinds, pa.int8()), pa.array(["q", "k"])),
-    }
-    for axis, values in zip(AXES[: coords.shape[1]], coords.T, strict=True):
-        columns[axis] = pa.array(np.ascontiguousarray(values, dtype=np.float32))
-    table = pa.table(columns).replace_schema_metadata({_RECORD_KEY: json.dumps(record).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = temp_sibling(path)
+    """Write one head's projection in one go (atomically)."""
+    writer = ProjectionWriter(path, coords.shape[1])
     try:
-        with temp.open("wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-        fsync_path(path.parent)
+        writer.write(tokens, kinds, coords)
     except BaseException:
-        temp.unlink(missing_ok=True)
+        writer.abort()
         raise
+    writer.commit(record)
 
 
 def read_projection(path: Path) -> pd.DataFrame:
@@ -65,7 +94,7 @@ def read_projection(path: Path) -> pd.DataFrame:
 
 def read_record(path: Path) -> dict[str, Any]:
     """How the projection at ``path`` was made (its schema metadata), without reading its data."""
-    metadata = pq.read_schema(path).metadata or {}
+    metadata = pq.read_metadata(path).metadata or {}
     return json.loads(metadata.get(_RECORD_KEY, b"{}"))
 
 

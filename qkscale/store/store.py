@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.ipc as ipc
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qkscale.attention import attention_weights
 from qkscale.errors import StoreError
 from qkscale.selection import format_selection
 from qkscale.store import layout, metrics_files, projections
-from qkscale.store.files import remove_temps, write_json_atomic
+from qkscale.store.files import remove_temps, write_json_atomic, write_parquet_atomic
+from qkscale.store.shards import Piece, ShardIndex, build_index, read_shard_columns, read_vectors, read_vectors_at
 
 _THUMBNAIL = "thumbnail"
 
@@ -76,6 +78,11 @@ class Store:
         return list(self.manifest["layers"])
 
     @property
+    def heads(self) -> list[int]:
+        """The (query) heads whose vectors this store holds, the same in every stored layer."""
+        return list(self.manifest.get("heads", range(self.n_heads)))
+
+    @property
     def causal(self) -> bool:
         return bool(self.manifest["model"]["causal"])
 
@@ -96,41 +103,100 @@ class Store:
         return len(self.committed_shards()) == self.manifest["n_shards"]
 
     @functools.cached_property
-    def _shards(self) -> list[int]:
-        return self.committed_shards()
+    def shard_index(self) -> ShardIndex:
+        """Where each committed shard's rows are: O(shards) to build, checked against the files' footers."""
+        return build_index(self.path, self.committed_shards())
 
-    def _shard_files(self, name: str) -> list[Path]:
-        """File ``name`` of every committed shard, in order."""
-        if not self._shards:
+    def _pieces(self, rows: slice) -> list[Piece]:
+        if not len(self.shard_index.shards):
             raise StoreError(f"store {self.path} holds no extracted shards yet")
-        return [layout.shard_dir(self.path, s) / name for s in self._shards]
+        return list(self.shard_index.pieces(rows))
+
+    # -- tokens and documents -----------------------------------------------------------------
+    @functools.lru_cache(maxsize=16)  # noqa: B019 (a store lives as long as its readers)
+    def _shard_table(self, name: str, shard: int, columns: tuple[str, ...] | None) -> pa.Table:
+        return read_shard_columns(self.path, shard, name, columns)
+
+    def token_columns(self, columns: Sequence[str] | None = None, rows: slice = slice(None)) -> pa.Table:
+        """Token-table ``columns`` (all if None) over ``rows``, read from the shards those rows lie in.
+
+        String columns come back dictionary-encoded. This is the way to read tokens of a large
+        store: only the columns and shards asked for are read.
+        """
+        key = None if columns is None else tuple(columns)
+        parts = [
+            self._shard_table(layout.TOKENS, p.shard, key).slice(p.local.start, p.local.stop - p.local.start)
+            for p in self._pieces(rows)
+        ]
+        if not parts:
+            schema = self._shard_table(layout.TOKENS, int(self.shard_index.shards[0]), key).schema
+            return schema.empty_table()
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+    def token_column(self, name: str, rows: slice = slice(None)) -> np.ndarray:
+        """One token-table column over ``rows`` as a numpy array (strings as an object array)."""
+        column = self.token_columns([name], rows).column(name)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        return column.to_numpy()
 
     @functools.cached_property
-    def _vector_table(self) -> pa.Table:
-        """All committed shards' vectors as one memory-mapped table (no data is read here)."""
-        files = self._shard_files(layout.VECTORS)
-        return pa.concat_tables([ipc.open_file(pa.memory_map(str(f))).read_all() for f in files])
+    def vocabulary(self) -> np.ndarray:
+        """Every distinct token string of the store, sorted (an object array; written by :func:`finish_store`)."""
+        path = self.path / layout.VOCABULARY
+        if path.is_file():
+            return pq.read_table(path).column("token").to_numpy(zero_copy_only=False)
+        return derive_vocabulary(self)
 
-    # -- tables ------------------------------------------------------------------------------
-    def _table(self, name: str) -> pd.DataFrame:
-        tables = [pq.read_table(f) for f in self._shard_files(name)]
-        if name == layout.DOCS:  # thumbnails are read one at a time, by :meth:`thumbnail`
-            tables = [t.drop_columns([c for c in (_THUMBNAIL,) if c in t.column_names]) for t in tables]
+    def token_codes(self, rows: slice = slice(None)) -> np.ndarray:
+        """``int32`` index into :attr:`vocabulary` of each token's string over ``rows``."""
+        vocabulary = pa.array(self.vocabulary, pa.string())
+        codes = []
+        for chunk in self.token_columns(["token"], rows).column("token").chunks:
+            mapping = pc.index_in(chunk.dictionary, value_set=vocabulary).to_numpy(zero_copy_only=False)
+            codes.append(mapping.astype(np.int32)[chunk.indices.to_numpy(zero_copy_only=False)])
+        return np.concatenate(codes) if codes else np.empty(0, np.int32)
+
+    @property
+    def tokens(self) -> pd.DataFrame:
+        """The whole token table: doc, position, token, token_id, is_special, doc_length, rel_position.
+
+        A convenience for small stores: it holds every token string in memory. Large stores are
+        read with :meth:`token_columns`, :meth:`token_column` and :meth:`doc_rows`.
+        """
+        tables = [pq.read_table(layout.shard_dir(self.path, s) / layout.TOKENS) for s in self._all_shards()]
         return pa.concat_tables(tables).to_pandas()
 
-    @functools.cached_property
-    def tokens(self) -> pd.DataFrame:
-        """One row per token: doc, position, token, token_id, is_special, doc_length, rel_position."""
-        return self._table(layout.TOKENS)
-
-    @functools.cached_property
+    @property
     def documents(self) -> pd.DataFrame:
-        """One row per document: doc, text, n_tokens, truncated (indexed by doc)."""
-        return self._table(layout.DOCS).set_index("doc", drop=False)
+        """One row per document: doc, text, n_tokens, truncated (indexed by doc); a convenience for small stores."""
+        tables = []
+        for shard in self._all_shards():
+            table = pq.read_table(layout.shard_dir(self.path, shard) / layout.DOCS)
+            tables.append(table.drop_columns([c for c in (_THUMBNAIL,) if c in table.column_names]))
+        return pa.concat_tables(tables).to_pandas().set_index("doc", drop=False)
+
+    def _all_shards(self) -> list[int]:
+        shards = self.shard_index.shards.tolist()
+        if not shards:
+            raise StoreError(f"store {self.path} holds no extracted shards yet")
+        return shards
+
+    def document(self, doc: int) -> dict[str, Any]:
+        """Document ``doc``'s row (doc, text, n_tokens, truncated, ...), read from its shard alone."""
+        position = self.shard_index.position_of_doc(doc)
+        if position is not None:
+            shard = int(self.shard_index.shards[position])
+            columns = [c for c in pq.read_schema(layout.shard_dir(self.path, shard) / layout.DOCS).names]
+            table = self._shard_table(layout.DOCS, shard, tuple(c for c in columns if c != _THUMBNAIL))
+            where = np.flatnonzero(table.column("doc").to_numpy() == doc)
+            if len(where):
+                return table.slice(int(where[0]), 1).to_pylist()[0]
+        raise StoreError(f"document {doc} is not in store {self.path}")
 
     @property
     def n_tokens(self) -> int:
-        return self._vector_table.num_rows
+        return self.shard_index.n_tokens
 
     @property
     def modality(self) -> str:
@@ -146,37 +212,45 @@ class Store:
         """JPEG bytes of image ``doc`` as the model saw it (the patch grid lies exactly over it)."""
         if self.modality != "image":
             raise StoreError(f"store {self.path} holds text, not images: it has no thumbnails")
-        shard = next((s for s in reversed(self._shards) if self.shard_info(s)["first_doc"] <= doc), None)
-        if shard is not None:
-            path = layout.shard_dir(self.path, shard) / layout.DOCS
+        position = self.shard_index.position_of_doc(doc)
+        if position is not None:
+            path = layout.shard_dir(self.path, int(self.shard_index.shards[position])) / layout.DOCS
             table = pq.read_table(path, columns=["doc", _THUMBNAIL], filters=[("doc", "=", doc)])
             if table.num_rows:
                 return table.column(_THUMBNAIL)[0].as_py()
         raise StoreError(f"document {doc} is not in store {self.path}")
 
-    @functools.cached_property
-    def _doc_start(self) -> pd.Series:
-        starts = np.flatnonzero(self.tokens["position"].to_numpy() == 0)
-        return pd.Series(starts, index=self.tokens["doc"].to_numpy()[starts])
-
     def doc_rows(self, doc: int) -> slice:
-        """Row range of document ``doc`` in :attr:`tokens` (its tokens are contiguous)."""
-        if doc not in self._doc_start.index:
-            raise StoreError(f"document {doc} is not in store {self.path}")
-        start = int(self._doc_start[doc])
-        return slice(start, start + int(self.tokens["doc_length"].iat[start]))
+        """Row range of document ``doc`` (its tokens are contiguous), found in its shard alone."""
+        index = self.shard_index
+        position = index.position_of_doc(doc)
+        if position is not None:
+            shard = int(index.shards[position])
+            table = self._shard_table(layout.TOKENS, shard, ("doc", "position", "doc_length"))
+            first = (table.column("doc").to_numpy() == doc) & (table.column("position").to_numpy() == 0)
+            where = np.flatnonzero(first)
+            if len(where):
+                start = int(index.starts[position]) + int(where[0])
+                return slice(start, start + int(table.column("doc_length")[int(where[0])].as_py()))
+        raise StoreError(f"document {doc} is not in store {self.path}")
+
+    def doc_of(self, row: int) -> int:
+        """The document of token row ``row``."""
+        index = self.shard_index
+        try:
+            position = index.position_of_row(row)
+        except IndexError:
+            raise StoreError(f"token {row} is not in store {self.path} ({self.n_tokens} tokens)") from None
+        table = self._shard_table(layout.TOKENS, int(index.shards[position]), ("doc",))
+        return int(table.column("doc")[row - int(index.starts[position])].as_py())
 
     def shard_rows(self, shard: int) -> slice:
-        """Row range of committed shard ``shard`` in :attr:`tokens`."""
-        if shard not in self._shard_starts:
+        """Row range of committed shard ``shard``."""
+        index = self.shard_index
+        where = np.flatnonzero(index.shards == shard)
+        if not len(where):
             raise StoreError(f"shard {shard} is not committed in store {self.path}")
-        start = self._shard_starts[shard]
-        return slice(start, start + self.shard_info(shard)["n_tokens"])
-
-    @functools.cached_property
-    def _shard_starts(self) -> dict[int, int]:
-        counts = [self.shard_info(s)["n_tokens"] for s in self._shards]
-        return dict(zip(self._shards, np.cumsum([0, *counts[:-1]]).tolist(), strict=True))
+        return slice(int(index.starts[where[0]]), int(index.starts[where[0] + 1]))
 
     # -- vectors -----------------------------------------------------------------------------
     def _check_head(self, layer: int, head: int) -> None:
@@ -184,22 +258,25 @@ class Store:
             raise StoreError(f"layer {layer} is not stored (stored layers: {format_selection(self.layers)})")
         if not 0 <= head < self.n_heads:
             raise StoreError(f"head {head} is out of range (this model has {self.n_heads} heads)")
+        if head not in self.heads:
+            raise StoreError(f"head {head} is not stored (stored heads: {format_selection(self.heads)})")
 
-    def _vectors(self, kind: str, layer: int, head: int, rows: slice) -> np.ndarray:
+    def _vectors(self, kind: str, layer: int, head: int, rows: slice | np.ndarray) -> np.ndarray:
         """``[n, head_dim]`` float16 vectors of one head, reading only that head's column."""
         self._check_head(layer, head)
-        start, stop, _ = rows.indices(self.n_tokens)
         stored_head = self.kv_head(head) if kind == "k" else head
-        column = self._vector_table.column(layout.vector_column(kind, layer, stored_head)).slice(start, stop - start)
-        parts = [chunk.flatten().to_numpy(zero_copy_only=True) for chunk in column.chunks]
-        return np.concatenate(parts or [np.empty(0, np.float16)]).reshape(-1, self.head_dim)
+        self._pieces(slice(0, 0))  # an empty store is an error, not zero vectors
+        column = layout.vector_column(kind, layer, stored_head)
+        if isinstance(rows, slice):
+            return read_vectors(self.path, self.shard_index, column, rows, self.head_dim)
+        return read_vectors_at(self.path, self.shard_index, column, rows, self.head_dim)
 
-    def queries(self, layer: int, head: int, rows: slice = slice(None)) -> np.ndarray:
-        """``[n, head_dim]`` float16 queries of one head: every token, or the token rows ``rows``."""
+    def queries(self, layer: int, head: int, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """``[n, head_dim]`` float16 queries of one head: every token, the rows ``rows``, or increasing row ids."""
         return self._vectors("q", layer, head, rows)
 
-    def keys(self, layer: int, head: int, rows: slice = slice(None)) -> np.ndarray:
-        """``[n, head_dim]`` float16 keys that query head ``head`` attends with (all rows, or ``rows``)."""
+    def keys(self, layer: int, head: int, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """``[n, head_dim]`` float16 keys that query head ``head`` attends with (all rows, ``rows``, or row ids)."""
         return self._vectors("k", layer, head, rows)
 
     def attention(self, doc: int, layer: int, head: int) -> np.ndarray:
@@ -295,6 +372,7 @@ def finish_store(path: Path) -> Store:
     if missing:
         raise StoreError(f"store {path} still lacks {len(missing)} shard(s), first {missing[0]}")
     infos = [store.shard_info(s) for s in sorted(committed)]
+    write_parquet_atomic(path / layout.VOCABULARY, pa.table({"token": pa.array(derive_vocabulary(store), pa.string())}))
     manifest = dict(store.manifest)
     manifest.update(
         complete=True,
@@ -303,6 +381,15 @@ def finish_store(path: Path) -> Store:
     )
     write_json_atomic(path / layout.MANIFEST, manifest)
     return Store(path)
+
+
+def derive_vocabulary(store: Store) -> np.ndarray:
+    """Every distinct token string, from one pass over the shards' dictionaries (not their rows)."""
+    seen: set[str] = set()
+    for shard in store.shard_index.shards.tolist():
+        for chunk in read_shard_columns(store.path, shard, layout.TOKENS, ["token"]).column("token").chunks:
+            seen.update(chunk.dictionary.to_pylist())
+    return np.array(sorted(seen), dtype=object)
 
 
 def open_store(path: str | Path) -> Store:

@@ -28,18 +28,22 @@ class ShardWriter:
         head_dim: int,
         n_kv_heads: int | None = None,
         token_schema: pa.Schema = layout.TOKEN_SCHEMA,
+        heads: Sequence[int] | None = None,
     ):
         self.final = layout.shard_dir(root, shard)
         self.temp = temp_sibling(self.final)
         self.temp.mkdir(parents=True)
         self.layers = list(layers)
         self.head_dim = head_dim
-        self.heads = {"q": n_heads, "k": n_kv_heads or n_heads}  # keys per key/value head
+        query_heads = list(range(n_heads)) if heads is None else list(heads)
+        group = n_heads // (n_kv_heads or n_heads)  # query heads per key/value head
+        # The stored heads of each kind (keys: one per key/value head that a stored query head reads).
+        self.heads = {"q": query_heads, "k": sorted({head // group for head in query_heads})}
         fields = [
             pa.field(layout.vector_column(kind, layer, head), pa.list_(pa.float16(), head_dim))
             for kind in "qk"
             for layer in self.layers
-            for head in range(self.heads[kind])
+            for head in self.heads[kind]
         ]
         self._sink = pa.OSFile(str(self.temp / layout.VECTORS), "wb")
         self._schema = pa.schema(fields)
@@ -49,13 +53,16 @@ class ShardWriter:
         self._docs: list[dict] = []
 
     def write_batch(self, tokens: dict[str, np.ndarray | list], queries: np.ndarray, keys: np.ndarray) -> None:
-        """Append one batch: token rows, ``[n_layers, heads, n_tokens, head_dim]`` float16 q and k."""
+        """Append one batch: token rows, ``[n_layers, heads, n_tokens, head_dim]`` q and k of every head.
+
+        Only the stored heads are kept, as float16.
+        """
         columns = []
         for kind, vectors in (("q", queries), ("k", keys)):
-            by_head = np.ascontiguousarray(vectors, dtype=np.float16)
+            by_head = np.asarray(vectors[:, self.heads[kind]], dtype=np.float16)
             for layer_index in range(len(self.layers)):
-                for head in range(self.heads[kind]):
-                    flat = pa.array(by_head[layer_index, head].reshape(-1))
+                for index in range(len(self.heads[kind])):
+                    flat = pa.array(np.ascontiguousarray(by_head[layer_index, index]).reshape(-1))
                     columns.append(pa.FixedSizeListArray.from_arrays(flat, self.head_dim))
         self._vectors.write_batch(pa.record_batch(columns, schema=self._schema))
         self._tokens.append(pa.record_batch(tokens, schema=self._token_schema))

@@ -13,6 +13,7 @@ from qkscale.dashboard.views.base import View, button, guarded, lazy, on_tap, pl
 from qkscale.dashboard.views.search import TokenSearch
 from qkscale.dashboard.views.token import TokenDetails
 from qkscale.errors import QKScaleError
+from qkscale.selection import format_selection
 
 SELECTION = ["token", "token_kind", "top_k", "hide_special"]  # what the clicked-token overlay draws from
 
@@ -30,9 +31,7 @@ class SingleHeadView(View):
             pn.widgets.Select.from_param(
                 params.layer, options={f"L{layer}": layer for layer in self.data.store.layers}, label="layer", width=90
             ),
-            pn.widgets.Select.from_param(
-                params.head, options=list(range(self.data.store.n_heads)), label="head", width=80
-            ),
+            pn.widgets.Select.from_param(params.head, options=self.data.store.heads, label="head", width=80),
             *(
                 button(label, lambda step=step: self.step(*step), width=80, css_classes=["qk-nav"])
                 for label, step in (("◀ head", (0, -1)), ("head ▶", (0, 1)), ("▲ layer", (-1, 0)), ("layer ▼", (1, 0)))
@@ -53,9 +52,10 @@ class SingleHeadView(View):
 
     def step(self, layers: int, heads: int) -> None:
         """Move to the next/previous head or layer among the stored ones (wrapping around)."""
-        stored, n_heads = self.data.store.layers, self.data.store.n_heads
+        stored, stored_heads = self.data.store.layers, self.data.store.heads
         layer = stored[(stored.index(self.state.layer) + layers) % len(stored)]
-        self.state.param.update(layer=layer, head=(self.state.head + heads) % n_heads)
+        head = stored_heads[(stored_heads.index(self.state.head) + heads) % len(stored_heads)]
+        self.state.param.update(layer=layer, head=head)
 
     @param.depends("state.colour")
     def _legend(self):
@@ -69,7 +69,7 @@ class SingleHeadView(View):
         if (state.layer, state.head) not in self.data.heads:
             raise QKScaleError(
                 f"layer {state.layer} head {state.head} is not in this store (layers "
-                f"{', '.join(map(str, store.layers))}; heads 0-{store.n_heads - 1})"
+                f"{format_selection(store.layers)}; heads {format_selection(store.heads)})"
             )
         if not self.data.has_projection(state.layer, state.head, state.method, state.dims):
             raise QKScaleError(
