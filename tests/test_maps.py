@@ -1,0 +1,62 @@
+"""Point maps: the dyadic grid bins points exactly as Datashader does over a snapped window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qkscale.maps.grid import Grid
+
+ds = pytest.importorskip("datashader")
+
+
+def _points(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(0, 3, 20_000), rng.uniform(-7, 11, 5_000)]).astype(np.float32)
+    y = np.concatenate([rng.normal(1, 2, 20_000), rng.uniform(-5, 9, 5_000)]).astype(np.float32)
+    return x, y
+
+
+def _with_near_edge_points(grid: Grid, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Adds the float32 neighbours of base-cell edges: the points most likely to be binned differently."""
+    edges_x = np.array([grid.edge(i, 0, 0) for i in range(1, grid.size)])
+    edges_y = np.array([grid.edge(j, 0, 1) for j in range(1, grid.size)])
+    near_x = np.concatenate([np.nextafter(edges_x.astype(np.float32), np.float32(s)) for s in (-np.inf, np.inf)])
+    near_y = np.concatenate([np.nextafter(edges_y.astype(np.float32), np.float32(s)) for s in (-np.inf, np.inf)])
+    near_x = near_x[(near_x > x.min()) & (near_x < x.max())]
+    near_y = near_y[(near_y > y.min()) & (near_y < y.max())]
+    rng = np.random.default_rng(1)
+    extra_x = np.concatenate([near_x, rng.choice(x, len(near_y))])
+    extra_y = np.concatenate([rng.choice(y, len(near_x)), near_y])
+    return np.concatenate([x, extra_x]).astype(np.float32), np.concatenate([y, extra_y]).astype(np.float32)
+
+
+def test_no_float32_lies_on_an_edge():
+    x, y = _points()
+    grid = Grid.covering(x, y, 256)
+    for level in range(grid.levels):
+        for index in range(0, (grid.size >> level) + 1):
+            for axis in (0, 1):
+                edge = grid.edge(index, level, axis)
+                assert float(np.float32(edge)) != edge
+
+
+@pytest.mark.parametrize("level", [0, 1, 3, 5])
+def test_cells_of_a_snapped_window_equal_a_datashader_aggregate(level):
+    x, y = _points()
+    grid = Grid.covering(x, y, 256)
+    x, y = _with_near_edge_points(grid, x, y)
+    assert grid.cells(x, y)[0].min() >= 1 and grid.cells(x, y)[0].max() < grid.size - 1
+    side = grid.cell * 2**level
+    view = ((-2.3, -2.3 + 300 * side), (-1.7, -1.7 + 200 * side))  # about 300 cells of this level across
+    window = grid.snap(*view, pixels=300)
+    assert window.level == level
+    i, j = grid.cells(x, y, level)
+    inside = (i >= window.i0) & (i < window.i1) & (j >= window.j0) & (j < window.j1)
+    ours = np.zeros((window.height, window.width), np.int64)
+    np.add.at(ours, (j[inside] - window.j0, i[inside] - window.i0), 1)
+    canvas = ds.Canvas(window.width, window.height, x_range=window.x_range, y_range=window.y_range)
+    theirs = canvas.points(pd.DataFrame({"x": x, "y": y}), "x", "y", agg=ds.count()).to_numpy()
+    assert ours.sum() > 1000
+    np.testing.assert_array_equal(ours, theirs)
