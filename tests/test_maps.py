@@ -60,3 +60,59 @@ def test_cells_of_a_snapped_window_equal_a_datashader_aggregate(level):
     theirs = canvas.points(pd.DataFrame({"x": x, "y": y}), "x", "y", agg=ds.count()).to_numpy()
     assert ours.sum() > 1000
     np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.fixture
+def projection_file(tmp_path):
+    """A 2D projection of 12,500 tokens written as the projection stage writes it (row groups of 3,000)."""
+    from qkscale.store.projections import ProjectionWriter
+
+    x, y = _points(2)
+    n = len(x) // 2
+    tokens = np.r_[np.arange(n), np.arange(n)]
+    kinds = np.r_[np.zeros(n, np.int8), np.ones(n, np.int8)]
+    writer = ProjectionWriter(tmp_path / "projection.parquet", 2)
+    for start in range(0, 2 * n, 3000):
+        part = slice(start, start + 3000)
+        writer.write(tokens[part], kinds[part], np.column_stack([x[part], y[part]]))
+    writer.commit({"method": "test"})
+    return tmp_path / "projection.parquet", pd.DataFrame({"token": tokens, "kind": kinds, "x": x, "y": y})
+
+
+def test_ordered_points_are_the_projection_sorted_by_cell(projection_file, tmp_path):
+    from qkscale.maps.order import OrderedPoints, order_points
+
+    source, frame = projection_file
+    grid = order_points(source, tmp_path / "map", size=64, chunk=7_000)
+    ordered = OrderedPoints(tmp_path / "map")
+    columns = pd.DataFrame({name: np.asarray(values) for name, values in ordered.columns.items()})
+    assert len(ordered) == len(frame) and not (tmp_path / ".map.tmp").exists()
+    keys = grid.keys(columns["x"].to_numpy(), columns["y"].to_numpy())
+    assert np.all(np.diff(keys) >= 0)
+    np.testing.assert_array_equal(np.asarray(ordered.cells[keys]) <= np.arange(len(keys)), True)
+    by_point = ["kind", "token"]
+    expected = frame.astype({"kind": np.uint8}).sort_values(by_point).reset_index(drop=True)
+    got = columns[list(expected.columns)].sort_values(by_point).reset_index(drop=True)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("level", [0, 2, 4])
+def test_points_of_a_window_render_like_all_points(projection_file, tmp_path, level):
+    from qkscale.maps.order import OrderedPoints, order_points
+
+    source, frame = projection_file
+    grid = order_points(source, tmp_path / "map", size=64, chunk=5_000)
+    ordered = OrderedPoints(tmp_path / "map")
+    side = grid.cell * 2**level
+    window = grid.snap((-1.0, -1.0 + 9 * side), (0.5, 0.5 + 7 * side), pixels=9)
+    rows = ordered.rows_in(window)
+    i, j = grid.cells(frame["x"].to_numpy(), frame["y"].to_numpy(), window.level)
+    inside = (i >= window.i0) & (i < window.i1) & (j >= window.j0) & (j < window.j1)
+    assert len(rows) == inside.sum() > 0 and np.all(np.diff(rows) > 0)
+    subset = pd.DataFrame({axis: np.asarray(ordered.columns[axis])[rows] for axis in ("x", "y")})
+    for width in (window.width, 37):  # one pixel per cell, and any other canvas over the same range
+        canvas = ds.Canvas(width, width, x_range=window.x_range, y_range=window.y_range)
+        np.testing.assert_array_equal(
+            canvas.points(subset, "x", "y", agg=ds.count()).to_numpy(),
+            canvas.points(frame, "x", "y", agg=ds.count()).to_numpy(),
+        )
