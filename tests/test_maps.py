@@ -116,3 +116,26 @@ def test_points_of_a_window_render_like_all_points(projection_file, tmp_path, le
             canvas.points(subset, "x", "y", agg=ds.count()).to_numpy(),
             canvas.points(frame, "x", "y", agg=ds.count()).to_numpy(),
         )
+
+
+@pytest.mark.parametrize("level", [0, 1, 3, 6])
+def test_pyramid_windows_equal_a_datashader_aggregate_per_kind(projection_file, tmp_path, level):
+    from qkscale.maps.order import OrderedPoints, order_points
+    from qkscale.maps.pyramid import Pyramid
+
+    source, frame = projection_file
+    grid = order_points(source, tmp_path / "map", size=64, chunk=6_000)
+    ordered = OrderedPoints(tmp_path / "map")
+    x, y, kind = (np.asarray(ordered.columns[name]) for name in ("x", "y", "kind"))
+    Pyramid.build(grid, x, y, kind.astype(np.int64), 2).save(tmp_path)
+    pyramid = Pyramid.load(tmp_path, grid)
+    assert [len(keys) for keys, _ in pyramid.levels][-1] == 1 and pyramid.levels[-1][1].sum() == len(frame)
+    side = grid.cell * 2**level
+    window = grid.snap((-3.1, -3.1 + 11 * side), (-0.4, -0.4 + 11 * side), pixels=11)
+    assert window.level == level
+    ours = pyramid.window(window)
+    canvas = ds.Canvas(window.width, window.height, x_range=window.x_range, y_range=window.y_range)
+    labelled = frame.assign(kind=pd.Categorical.from_codes(frame["kind"], ["q", "k"]))
+    theirs = canvas.points(labelled, "x", "y", agg=ds.count_cat("kind")).to_numpy()
+    assert ours.sum() > 0
+    np.testing.assert_array_equal(ours, theirs)
