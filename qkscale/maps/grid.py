@@ -16,6 +16,12 @@ import numpy as np
 PHI = 0x15555555 / 2**30  # the grid's offset in cells: 30 bits, about 1/3
 
 
+def ranges(first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """The indices of every range ``[first[r], last[r])``, one after another."""
+    lengths = np.asarray(last) - np.asarray(first)
+    return np.repeat(first - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(int(lengths.sum()))
+
+
 @dataclass(frozen=True)
 class Grid:
     """``size`` x ``size`` base cells of side ``cell`` from ``(x0, y0)``; level ``l`` merges 2^l x 2^l of them."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from qkscale.maps.grid import Grid, Window
+from qkscale.maps.grid import Grid, Window, ranges
 from qkscale.store.files import commit_dir, temp_sibling
 
 GRID_SIZE = 1024  # base cells a side
@@ -115,8 +115,4 @@ class OrderedPoints:
         size, level = self.grid.size, window.level
         i0, i1 = window.i0 << level, min(window.i1 << level, size)
         rows = np.arange(window.j0 << level, min(window.j1 << level, size))
-        first = np.asarray(self.cells[rows * size + i0])
-        last = np.asarray(self.cells[rows * size + i1])
-        lengths = last - first
-        offsets = np.repeat(first - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
-        return np.arange(int(lengths.sum())) + offsets
+        return ranges(np.asarray(self.cells[rows * size + i0]), np.asarray(self.cells[rows * size + i1]))

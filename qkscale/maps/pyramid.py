@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qkscale.maps.grid import Grid, Window
+from qkscale.maps.grid import Grid, Window, ranges
 
 PYRAMID_CHUNK = 1 << 20  # ordered points counted at once
 
@@ -86,8 +86,7 @@ class Pyramid:
         first = np.searchsorted(keys, rows * side + window.i0)
         last = np.searchsorted(keys, rows * side + window.i1)
         out = np.zeros((window.height, window.width, counts.shape[1]), np.uint32)
-        lengths = last - first
-        picked = np.repeat(first - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(int(lengths.sum()))
+        picked = ranges(first, last)
         j, i = np.divmod(keys[picked], side)
         out[j - window.j0, i - window.i0] = counts[picked]
         return out
