@@ -6,6 +6,7 @@ import importlib.util
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from qkscale.project import BACKENDS, ProjectionSettings, get_backend, plan_projection, project
@@ -165,6 +166,13 @@ def test_projection_files_and_rerun(store_copy, run_cli):
     record = store_copy.projection_record(1, 2, "pca", 2)
     assert record["backend"] == "cpu" and record["library"].startswith("scikit-learn")
     assert 0.5 < record["trustworthiness"] <= 1.0 and record["settings"]["metric"] == "cosine"
+    from qkscale.maps.order import OrderedPoints
+
+    ordered = OrderedPoints(store_copy.path / "maps" / "pca-2d" / "L001-H002")  # written with the projection
+    placed = frame.assign(kind=(frame["kind"] == "k").astype(np.uint8)).sort_values(["kind", "token"])
+    mapped = pd.DataFrame({c: np.asarray(ordered.columns[c]) for c in placed.columns}).sort_values(["kind", "token"])
+    np.testing.assert_array_equal(mapped.to_numpy(float), placed.to_numpy(float))
+    assert not list((store_copy.path / "maps" / "pca-2d").glob(".tmp-*"))
     stamp = store_copy.path / "projections" / "pca-2d" / "L001-H002.parquet"
     before = stamp.stat().st_mtime_ns
 

@@ -6,7 +6,7 @@ STORE/maps/umap-2d/L000-H003/   grid.json, cells.npy (int64 start of every base 
 ```
 Written by a counting sort in two streamed passes over the projection's row groups (a histogram of
 cells, then every chunk scattered to its cells' slots), so memory is set by the chunk and the grid,
-never by the number of points. The folder is renamed into place when complete.
+never by the number of points.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from qkscale.maps.grid import Grid, Window, ranges
-from qkscale.store.files import commit_dir, temp_sibling
 
 GRID_SIZE = 1024  # base cells a side
 CHUNK_POINTS = 1 << 20  # points read and scattered at once
@@ -52,8 +51,8 @@ def _release(column: np.memmap) -> None:
     column._mmap.madvise(mmap.MADV_DONTNEED)  # noqa: SLF001 (numpy keeps the mmap object there)
 
 
-def order_points(source: Path, target: Path, size: int = GRID_SIZE, chunk: int = CHUNK_POINTS) -> Grid:
-    """Write the spatially ordered columns of the 2D projection at ``source`` into the folder ``target``."""
+def order_points(source: Path, folder: Path, size: int = GRID_SIZE, chunk: int = CHUNK_POINTS) -> Grid:
+    """Write the spatially ordered columns of the 2D projection at ``source`` into the (new) ``folder``."""
     file = pq.ParquetFile(source)
     n = file.metadata.num_rows
     if n == 0:
@@ -66,10 +65,8 @@ def order_points(source: Path, target: Path, size: int = GRID_SIZE, chunk: int =
         starts[1:] += np.bincount(keys, minlength=size * size)
     np.cumsum(starts, out=starts)
     cursor = starts[:-1].copy()
-    temp = temp_sibling(target)
-    temp.mkdir(parents=True)
     columns = {
-        name: np.lib.format.open_memmap(temp / f"{name}.npy", mode="w+", dtype=dtype, shape=(n,))
+        name: np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=(n,))
         for name, dtype in COLUMNS.items()
     }
     for batch in file.iter_batches(chunk, columns=["token", "kind", "x", "y"]):
@@ -92,9 +89,8 @@ def order_points(source: Path, target: Path, size: int = GRID_SIZE, chunk: int =
     for column in columns.values():
         column.flush()
     del columns
-    np.save(temp / "cells.npy", starts)
-    (temp / "grid.json").write_text(json.dumps(asdict(grid)))
-    commit_dir(temp, target)
+    np.save(folder / "cells.npy", starts)
+    (folder / "grid.json").write_text(json.dumps(asdict(grid)))
     return grid
 
 

@@ -19,6 +19,7 @@ from qkscale import __version__
 from qkscale.engine import QUIET, Progress, Stage, run_stage
 from qkscale.errors import OptionError, QKScaleError, StoreError
 from qkscale.joint import JointNormalization, normalize_with_info
+from qkscale.maps.build import MAPS, map_path, write_map
 from qkscale.options import api_signature, from_keywords
 from qkscale.project.base import MIN_POINTS, Backend
 from qkscale.project.placement import CHUNK_POINTS, NeighborSearch, chunks, linear_map, place_by_neighbors
@@ -254,7 +255,11 @@ def project_head(
         "seconds": round(time.perf_counter() - started, 3),
         "qkscale_version": __version__,
     }
-    writer.commit(record)
+    if settings.dims == 2:
+        target = map_path(store.path, settings.method, settings.dims, layer, head)
+        writer.commit(record, before_rename=lambda finished: write_map(finished, target))
+    else:
+        writer.commit(record)
     return record
 
 
@@ -293,7 +298,11 @@ class ProjectStage(Stage):
         return len(self._all_units()), len(self.done)
 
     def temp_folders(self) -> list[Path]:
-        return [self.store.path / PROJECTIONS / projection_key(s.method, s.dims) for s in self.settings]
+        return [
+            self.store.path / folder / projection_key(s.method, s.dims)
+            for s in self.settings
+            for folder in (PROJECTIONS, MAPS)
+        ]
 
     def describe(self, unit: Unit) -> str:
         method, dims, layer, head = unit

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +58,19 @@ class ProjectionWriter:
         ]
         self._writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
 
-    def commit(self, record: dict) -> None:
-        """Store ``record`` in the footer, flush to disk and rename into place."""
+    def commit(self, record: dict, before_rename: Callable[[Path], None] | None = None) -> None:
+        """Store ``record`` in the footer, flush to disk and rename into place.
+
+        ``before_rename(temp)`` runs on the finished file first (the point map is made from it).
+        """
         try:
             self._writer.add_key_value_metadata({_RECORD_KEY.decode(): json.dumps(record)})
             self._writer.close()
             self._handle.flush()
             os.fsync(self._handle.fileno())
             self._handle.close()
+            if before_rename is not None:
+                before_rename(self.temp)
             os.replace(self.temp, self.path)
             fsync_path(self.path.parent)
         except BaseException:
