@@ -108,8 +108,7 @@ class Store:
         return build_index(self.path, self.committed_shards())
 
     def _pieces(self, rows: slice) -> list[Piece]:
-        if not len(self.shard_index.shards):
-            raise StoreError(f"store {self.path} holds no extracted shards yet")
+        self._all_shards()  # an empty store is an error, not zero rows
         return list(self.shard_index.pieces(rows))
 
     # -- tokens and documents -----------------------------------------------------------------
@@ -148,9 +147,13 @@ class Store:
             return pq.read_table(path).column("token").to_numpy(zero_copy_only=False)
         return derive_vocabulary(self)
 
+    @functools.cached_property
+    def _vocabulary_array(self) -> pa.Array:
+        return pa.array(self.vocabulary, pa.string())
+
     def token_codes(self, rows: slice = slice(None)) -> np.ndarray:
         """``int32`` index into :attr:`vocabulary` of each token's string over ``rows``."""
-        vocabulary = pa.array(self.vocabulary, pa.string())
+        vocabulary = self._vocabulary_array
         codes = []
         for chunk in self.token_columns(["token"], rows).column("token").chunks:
             mapping = pc.index_in(chunk.dictionary, value_set=vocabulary).to_numpy(zero_copy_only=False)
@@ -187,8 +190,8 @@ class Store:
         position = self.shard_index.position_of_doc(doc)
         if position is not None:
             shard = int(self.shard_index.shards[position])
-            columns = [c for c in pq.read_schema(layout.shard_dir(self.path, shard) / layout.DOCS).names]
-            table = self._shard_table(layout.DOCS, shard, tuple(c for c in columns if c != _THUMBNAIL))
+            names = pq.read_schema(layout.shard_dir(self.path, shard) / layout.DOCS).names
+            table = self._shard_table(layout.DOCS, shard, tuple(c for c in names if c != _THUMBNAIL))
             where = np.flatnonzero(table.column("doc").to_numpy() == doc)
             if len(where):
                 return table.slice(int(where[0]), 1).to_pylist()[0]
@@ -265,7 +268,7 @@ class Store:
         """``[n, head_dim]`` float16 vectors of one head, reading only that head's column."""
         self._check_head(layer, head)
         stored_head = self.kv_head(head) if kind == "k" else head
-        self._pieces(slice(0, 0))  # an empty store is an error, not zero vectors
+        self._all_shards()  # an empty store is an error, not zero vectors
         column = layout.vector_column(kind, layer, stored_head)
         if isinstance(rows, slice):
             return read_vectors(self.path, self.shard_index, column, rows, self.head_dim)
