@@ -83,17 +83,6 @@ class ProjectionWriter:
         self.temp.unlink(missing_ok=True)
 
 
-def write_projection(path: Path, tokens: np.ndarray, kinds: np.ndarray, coords: np.ndarray, record: dict) -> None:
-    """Write one head's projection in one go (atomically)."""
-    writer = ProjectionWriter(path, coords.shape[1])
-    try:
-        writer.write(tokens, kinds, coords)
-    except BaseException:
-        writer.abort()
-        raise
-    writer.commit(record)
-
-
 def read_projection(path: Path) -> pd.DataFrame:
     return pq.read_table(path).to_pandas()
 
