@@ -6,7 +6,6 @@ The Panel views without a browser live in test_dashboard_views.py, the real brow
 from __future__ import annotations
 
 import io
-import os
 
 import numpy as np
 import pandas as pd
@@ -15,8 +14,9 @@ from PIL import Image
 
 from qkscale.dashboard import matrix, sentence, single
 from qkscale.dashboard.data import DashboardData
-from qkscale.dashboard.thumbnails import thumbnail, thumbnail_path
-from qkscale.dashboard.tokens import SearchError, search_tokens, token_kinds
+from qkscale.dashboard.tokens import SearchError, context_text
+from qkscale.maps.thumbnail import thumbnail_path
+from qkscale.store.kinds import token_kinds
 
 pytest.importorskip("panel")
 
@@ -26,10 +26,15 @@ def data(dashboard_store) -> DashboardData:
     return DashboardData(dashboard_store)
 
 
+@pytest.fixture(scope="module")
+def tokens(dashboard_store) -> pd.DataFrame:
+    """The whole token table, read the small-store way (the oracle the dashboard's lookups are checked against)."""
+    return dashboard_store.tokens
+
+
 # -- tokens and search ----------------------------------------------------------------------------
-def test_token_kinds_of_wordpiece_tokens(data):
-    tokens = data.tokens
-    kinds = pd.Series(np.asarray(data.kinds), index=tokens.index)
+def test_token_kinds_of_wordpiece_tokens(tokens):
+    kinds = pd.Series(np.asarray(token_kinds(tokens)), index=tokens.index)
     assert (kinds[tokens["is_special"]] == "special").all()
     assert (kinds[tokens["token"].isin([",", ".", "(", ")"])] == "punctuation").all()
     pieces = tokens["token"].str.startswith("##")
@@ -49,8 +54,7 @@ def test_token_kinds_of_byte_level_bpe_tokens():
     assert list(token_kinds(tokens)) == ["special", "subword", "word", "subword", "punctuation", "word"]
 
 
-def test_search_modes_match_pandas(data):
-    tokens = data.tokens
+def test_search_modes_match_pandas(data, tokens):
     exact = data.search("the", "exact")
     assert np.array_equal(exact.ids, np.flatnonzero(tokens["token"] == "the"))
     assert exact.n_docs == tokens.loc[tokens["token"] == "the", "doc"].nunique()
@@ -67,75 +71,155 @@ def test_bad_searches_are_messages(data):
     with pytest.raises(SearchError, match="type a token"):
         data.search("", "exact")
     with pytest.raises(SearchError, match="unknown search mode"):
-        search_tokens(data.tokens, data.vocabulary, "x", "fuzzy")
+        data.search("x", "fuzzy")
     assert len(data.search("no-such-token-anywhere", "exact").ids) == 0
 
 
+def test_token_info_and_texts_match_the_token_table(data, tokens):
+    ids = np.array([0, 1, 57, len(tokens) - 1])
+    assert list(data.token_texts(ids)) == tokens["token"].iloc[ids].tolist()
+    for token in ids.tolist():
+        row = tokens.iloc[token]
+        doc = tokens[tokens["doc"] == row["doc"]]
+        words = doc["token"].tolist()
+        info = data.token_info(token)
+        assert (info["token"], info["doc"], info["position"]) == (row["token"], row["doc"], row["position"])
+        assert info["context"] == context_text(words, int(row["position"]))
+    assert context_text(list("abcdefghij"), 5) == "b c d e [f] g h i j"
+
+
 # -- one head's points ------------------------------------------------------------------------------
-def test_head_points_cover_every_query_and_key(data, dashboard_store):
-    points = data.head_points(1, 0, "umap", 2)
-    frame = points.frame
-    n = dashboard_store.n_tokens
-    assert len(frame) == 2 * n and (frame["kind"] == "q").sum() == n
-    for kind in ("q", "k"):
-        rows = points.rows[kind]
-        assert (rows >= 0).all()
-        assert np.array_equal(frame["id"].to_numpy()[rows], np.arange(n))
-        assert (frame["kind"].to_numpy()[rows] == kind).all()
-    q = dashboard_store.queries(1, 0).astype(np.float32)
-    assert np.allclose(frame["norm"].to_numpy()[points.rows["q"]], np.linalg.norm(q, axis=1), rtol=1e-5)
-    assert frame["context"].iat[int(points.rows["q"][1])].count("[") >= 1
-
-
-def test_every_shaded_pixel_knows_a_point_inside_it(data):
-    points = data.head_points(1, 0, "umap", 2)
-    frame = points.frame
-    x_range = single.padded_range(frame["x"].to_numpy())
-    y_range = single.padded_range(frame["y"].to_numpy())
-    for colouring in single.COLOURINGS.values():
-        image, rows = single.shade_points(frame, colouring, x_range, y_range, 120, 100)
-        assert rows.shape == (100, 120) and image.shape == (100, 120)
-        assert (rows >= 0).sum() > 50
-    ys, xs = np.nonzero(rows >= 0)
-    width, height = (x_range[1] - x_range[0]) / 120, (y_range[1] - y_range[0]) / 100
-    picked = frame.iloc[rows[ys, xs]]
-    assert np.all(np.abs(picked["x"].to_numpy() - (x_range[0] + (xs + 0.5) * width)) <= width / 2 + 1e-6)
-    assert np.all(np.abs(picked["y"].to_numpy() - (y_range[0] + (ys + 0.5) * height)) <= height / 2 + 1e-6)
-
-
-def test_raster_hover_carries_token_and_context(data):
-    points = data.head_points(1, 0, "umap", 2)
-    frame = points.frame
-    element = single.raster_element(
-        points,
-        frame,
-        single.COLOURINGS["query / key"],
-        single.padded_range(frame["x"].to_numpy()),
-        single.padded_range(frame["y"].to_numpy()),
-        80,
-        60,
+def all_points(points, dashboard_store, tokens) -> pd.DataFrame:
+    """Every point of a head with its colouring columns, computed the small-store way."""
+    projection = dashboard_store.projection(points.layer, points.head, points.method, points.dims)
+    ids = projection["token"].to_numpy()
+    is_key = (projection["kind"] == "k").to_numpy()
+    q = np.linalg.norm(dashboard_store.queries(points.layer, points.head).astype(np.float32), axis=1)
+    k = np.linalg.norm(dashboard_store.keys(points.layer, points.head).astype(np.float32), axis=1)
+    frame = projection[["x", "y"]].copy()
+    frame["kind"] = pd.Categorical.from_codes(is_key.astype(np.int8), ["q", "k"])
+    frame["token_kind"] = token_kinds(tokens)[ids]
+    frame["doc_colour"] = pd.Categorical.from_codes(
+        (tokens["doc"].to_numpy()[ids] % 10).astype(np.int8), list("0123456789")
     )
+    frame["rel_position"] = tokens["rel_position"].to_numpy()[ids].astype(np.float16).astype(np.float32)
+    frame["norm"] = np.where(is_key, k[ids], q[ids]).astype(np.float32)
+    frame["token"] = ids
+    return frame
+
+
+def test_a_head_map_holds_every_query_and_key_with_its_colours(data, dashboard_store, tokens):
+    points = data.head_points(1, 0, "umap", 2)
+    n = dashboard_store.n_tokens
+    assert points.n_tokens == n and points.n_points == 2 * n
+    columns = points.map.points.columns
+    assert len(columns["x"]) == 2 * n and columns["token"].dtype == np.uint32
+    assert sum(c.dtype.itemsize for c in columns.values()) <= 24  # bytes a point
+    expected = all_points(points, dashboard_store, tokens).sort_values(["kind", "token"], kind="stable")
+    got = pd.DataFrame({name: np.asarray(values) for name, values in columns.items()})
+    got = got.assign(kind=pd.Categorical.from_codes(got["kind"].astype(np.int8), ["q", "k"]))
+    got = got.sort_values(["kind", "token"], kind="stable")
+    np.testing.assert_array_equal(got["x"], expected["x"])
+    np.testing.assert_array_equal(got["token_kind"], expected["token_kind"].cat.codes)
+    np.testing.assert_array_equal(got["doc_colour"], expected["doc_colour"].cat.codes)
+    np.testing.assert_allclose(got["rel_position"].astype(np.float32), expected["rel_position"])
+    np.testing.assert_allclose(got["norm"], expected["norm"], rtol=1e-5)
+
+
+def view_ranges(points, zoom: float, centre: tuple[float, float] = (0.5, 0.5)):
+    (x0, x1), (y0, y1) = points.x_range, points.y_range
+    cx, cy = x0 + centre[0] * (x1 - x0), y0 + centre[1] * (y1 - y0)
+    half_x, half_y = (x1 - x0) / 2 / zoom, (y1 - y0) / 2 / zoom
+    return (cx - half_x, cx + half_x), (cy - half_y, cy + half_y)
+
+
+@pytest.mark.parametrize("zoom", [1.0, 3.0, 40.0, 2000.0])
+@pytest.mark.parametrize("show", [("q", "k"), ("k",)])
+def test_every_view_equals_datashader_over_every_point(data, dashboard_store, tokens, zoom, show):
+    """Pyramid (zoomed out) or the window's points (zoomed in): the same aggregate and image as Datashader's."""
+    import datashader as ds
+
+    points = data.head_points(1, 0, "umap", 2)
+    everything = all_points(points, dashboard_store, tokens)
+    everything = everything[everything["kind"].isin(list(show))]
+    x_range, y_range = view_ranges(points, zoom, centre=(0.45, 0.55))
+    for colouring in single.COLOURINGS.values():
+        image, rows = single.shade_view(points.map, show, colouring, x_range, y_range, 300, 200)
+        window = single.view_window(points.map, x_range, y_range, 300, 200)
+        if window is None:  # zoomed in past the base cells: the canvas asked for
+            canvas = ds.Canvas(300, 200, x_range=x_range, y_range=y_range)
+        else:  # one pixel per cell of the snapped window
+            canvas = ds.Canvas(window.width, window.height, x_range=window.x_range, y_range=window.y_range)
+        reduction = ds.count_cat(colouring.column) if colouring.categorical else ds.mean(colouring.column)
+        theirs = canvas.points(everything, "x", "y", agg=reduction)
+        np.testing.assert_allclose(
+            single.shade(theirs, colouring).to_numpy().view(np.uint8).astype(int),
+            image.to_numpy().view(np.uint8).astype(int),
+            atol=1 if not colouring.categorical else 0,  # means summed in another order
+        )
+        assert rows.shape == theirs.shape[:2]
+    assert (window is None) == (zoom >= 40.0)
+
+
+def test_every_hovered_pixel_knows_a_shown_point_inside_it(data):
+    points = data.head_points(1, 0, "umap", 2)
+    for zoom, show, pixels in ((1.0, ("q", "k"), 120), (1.0, ("k",), 120), (8.0, ("q",), 400)):
+        x_range, y_range = view_ranges(points, zoom)
+        colouring = single.COLOURINGS["query / key"]
+        image, rows = single.shade_view(points.map, show, colouring, x_range, y_range, pixels, pixels)
+        window = single.view_window(points.map, x_range, y_range, pixels, pixels)
+        assert (window is None) == (zoom > 1)
+        if window is not None:
+            x_range, y_range = window.x_range, window.y_range
+        height, width = rows.shape
+        ys, xs = np.nonzero(rows >= 0)
+        assert len(ys) > 20
+        x, y, kind = (points.map.column(name, rows[ys, xs]) for name in ("x", "y", "kind"))
+        assert set(kind.tolist()) <= {["q", "k"].index(k) for k in show}
+        pixel_x, pixel_y = (x_range[1] - x_range[0]) / width, (y_range[1] - y_range[0]) / height
+        assert np.all(np.floor((x - x_range[0]) / pixel_x) == xs)
+        assert np.all(np.floor((y - y_range[0]) / pixel_y) == ys)
+
+
+def test_raster_hover_reads_only_the_hovered_token(data, tokens):
+    points = data.head_points(1, 0, "umap", 2)
+    asked = []
+
+    def describe(row):
+        asked.append(row)
+        return data.hover(points, row)
+
+    x_range, y_range = view_ranges(points, 1.0)
+    element = single.raster_element(
+        points, ("q", "k"), single.COLOURINGS["query / key"], x_range, y_range, 80, 60, describe
+    )
+    assert asked == []  # drawing reads no token
     dataset = element.data
-    some = int(np.flatnonzero(dataset["__index__"].to_numpy().ravel() >= 0)[0])
-    row = int(dataset["__index__"].to_numpy().ravel()[some])
-    assert dataset["token"].to_numpy().ravel()[some] == frame["token"].iat[row]
-    assert dataset["context"].to_numpy().ravel()[some] == frame["context"].iat[row]
+    index = dataset["__index__"].to_numpy()
+    j, i = np.argwhere(index >= 0)[0]
+    picked = dataset.sel(x=float(dataset["x"][i]), y=float(dataset["y"][j]), method="nearest").to_dict()
+    token = int(points.map.column("token", np.array([index[j, i]]))[0])
+    assert picked["data_vars"]["token"]["data"] == tokens["token"].iat[token]
+    assert "[" in picked["data_vars"]["context"]["data"]
+    assert set(asked) == {int(index[j, i])}
 
 
 def test_nearest_point_respects_shown_kinds(data):
     points = data.head_points(1, 0, "umap", 2)
-    frame = points.frame
-    key = int(points.rows["k"][5])
-    x, y = frame["x"].iat[key], frame["y"].iat[key]
-    assert single.nearest_point(points, ("q", "k"), x, y) == key
-    query = single.nearest_point(points, ("q",), x, y)
-    assert frame["kind"].iat[query] == "q"
+    key_row = points.row_of(5, "k")
+    x, y = (float(v[0]) for v in points.projection.read(np.array([key_row])).values())
+    row = points.map.nearest(x, y, ("q", "k"))
+    assert (points.map.column("x", np.array([row]))[0], points.map.column("y", np.array([row]))[0]) == (x, y)
+    query = points.map.nearest(x, y, ("q",))
+    assert points.map.column("kind", np.array([query]))[0] == 0
 
 
-def test_sample_3d_is_bounded_and_stable(data):
-    points = data.head_points(1, 0, "pca", 2)
-    assert len(single.sample_3d(points, ("q", "k"), limit=100)) == 100
-    assert single.sample_3d(points, ("q",), limit=50).index.equals(single.sample_3d(points, ("q",), limit=50).index)
+def test_sample_3d_is_bounded_and_stable(data, dashboard_store):
+    points = data.head_points(0, 0, "pca", 2)
+    assert len(points.sample(("q", "k"), limit=100)) == 100
+    assert np.array_equal(points.sample(("q",), limit=50), points.sample(("q",), limit=50))
+    assert (points.sample(("k",), limit=50) >= points.n_tokens).all()
+    assert len(points.sample(("q",), limit=10**9)) == dashboard_store.n_tokens
 
 
 # -- attention ----------------------------------------------------------------------------------------
@@ -153,7 +237,7 @@ def test_top_links_are_the_strongest_attention_weights(data, dashboard_store):
 
 def test_hiding_special_tokens_renormalises(data, dashboard_store):
     weights, positions = data.attention(0, 0, 0, hide_special=True)
-    special = dashboard_store.tokens["is_special"].to_numpy()[dashboard_store.doc_rows(0)]
+    special = dashboard_store.token_column("is_special", dashboard_store.doc_rows(0))
     assert len(positions) == (~special).sum() and not special[positions].any()
     assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-5)
 
@@ -175,17 +259,17 @@ def test_tile_grid_and_clicks_round_trip():
     assert canvas[-2, 1] == images[(2, 0)][0, 0]
 
 
-def test_thumbnails_are_cached_and_remade_when_the_projection_changes(dashboard_store):
-    path = thumbnail_path(dashboard_store, "pca", 2, 0, 0)
-    first = thumbnail(dashboard_store, 0, 0, "pca", 2)
-    assert path.read_bytes() == first
-    image = np.asarray(Image.open(io.BytesIO(first)).convert("RGB")).reshape(-1, 3).astype(int)
+def test_project_writes_thumbnails_and_the_dashboard_only_reads_them(data, dashboard_store):
+    path = thumbnail_path(dashboard_store.path, "pca", 2, 0, 0)
+    image = np.asarray(Image.open(io.BytesIO(path.read_bytes())).convert("RGB")).reshape(-1, 3).astype(int)
     blue = (image[:, 2] > image[:, 0] + 40).sum()
     orange = (image[:, 0] > image[:, 2] + 40).sum()
     assert blue > 20 and orange > 20
-    path.write_bytes(b"stale")
-    os.utime(path, ns=(1, 1))
-    assert thumbnail(dashboard_store, 0, 0, "pca", 2) == first
+    before = {p: p.stat().st_mtime_ns for p in dashboard_store.path.rglob("*") if p.is_file()}
+    matrix.matrix_element(dashboard_store, data.heads, set(data.projections()["pca-2d"]), "pca", 2)
+    data.head_points(0, 0, "pca", 2)
+    after = {p: p.stat().st_mtime_ns for p in dashboard_store.path.rglob("*") if p.is_file()}
+    assert after == before
 
 
 def test_matrix_of_every_head_greys_unprojected_ones(data, dashboard_store):

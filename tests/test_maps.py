@@ -129,10 +129,9 @@ def test_pyramid_windows_equal_a_datashader_aggregate_per_kind(projection_file, 
     (tmp_path / "map").mkdir()
     grid = order_points(source, tmp_path / "map", size=64, chunk=6_000)
     ordered = OrderedPoints(tmp_path / "map")
-    x, y, kind = (np.asarray(ordered.columns[name]) for name in ("x", "y", "kind"))
-    Pyramid.build(grid, x, y, kind.astype(np.int64), 2).save(tmp_path)
+    Pyramid.build(grid, ordered.columns).save(tmp_path)
     pyramid = Pyramid.load(tmp_path, grid)
-    assert [len(keys) for keys, _ in pyramid.levels][-1] == 1 and pyramid.levels[-1][1].sum() == len(frame)
+    assert len(pyramid.levels[-1]["keys"]) == 1 and pyramid.levels[-1]["kind"].sum() == len(frame)
     side = grid.cell * 2**level
     window = grid.snap((-3.1, -3.1 + 11 * side), (-0.4, -0.4 + 11 * side), pixels=11)
     assert window.level == level

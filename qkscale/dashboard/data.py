@@ -1,51 +1,32 @@
-"""The data behind every dashboard session: one store, loaded once and shared, with its derived tables.
+"""The data behind every dashboard session: one store, opened once and shared, read a window at a time.
 
-Panel creates a new app per browser session; each takes the same :class:`DashboardData`, so the
-token table, contexts, recently opened heads and recently shown attention are read and kept once
-per server.
+Panel creates a new app per browser session; each takes the same :class:`DashboardData`. Nothing
+here grows with the corpus: token strings come from the vocabulary and per-shard columns, a head
+is its memory-mapped point map, and contexts are made only for the token hovered or picked. The
+dashboard never writes into the store: maps and thumbnails are written by `qkscale project`.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from qkscale.dashboard.cache import LRUCache
-from qkscale.dashboard.tokens import SearchResult, search_tokens, token_contexts, token_kinds
+from qkscale.dashboard.points import KINDS, HeadPoints
+from qkscale.dashboard.tokens import CONTEXT_RADIUS, SearchResult, context_text, search_tokens
 from qkscale.errors import StoreError
+from qkscale.maps.attributes import CATEGORIES, PointAttributes
+from qkscale.maps.build import map_path
 from qkscale.store import Store, open_store
+from qkscale.store.kinds import TOKEN_KINDS, VocabularyClasses
+from qkscale.store.projections import projection_path
 
-HEADS_KEPT = 3  # heads' point tables kept in memory (each ~100 MB at 2M points)
+HEADS_KEPT = 8  # heads' maps kept open (memory-mapped: cheap)
 ATTENTION_KEPT = 128  # (document, head) attention matrices kept (each [T, T] float32: 1 MB at T = 512)
+TOKENS_KEPT = 4096  # hovered tokens' descriptions kept
 DEFAULT_METHODS = ("umap", "tsne", "pca")
-
-
-@dataclass(frozen=True)
-class HeadPoints:
-    """One head's projected points with everything the single view colours, hovers and looks up by."""
-
-    layer: int
-    head: int
-    method: str
-    dims: int
-    frame: pd.DataFrame  # x, y (z), kind, token_kind, rel_position, norm, doc, position, token, context, id
-    rows: dict[str, np.ndarray]  # 'q'/'k' -> point row of each token id (-1 where not projected)
-    labels: dict[str, np.ndarray]  # categorical column -> its categories as an object array
-
-    def values(self, column: str, picked: np.ndarray) -> np.ndarray:
-        """Column ``column`` at rows ``picked``; categories come out as strings without decoding the column."""
-        series = self.frame[column]
-        if column in self.labels:
-            return self.labels[column][series.cat.codes.to_numpy()[picked]]
-        return series.to_numpy()[picked]
-
-    def point_of(self, token: int, kind: str) -> int:
-        """The row of token ``token``'s query or key in :attr:`frame`, or -1."""
-        rows = self.rows[kind]
-        return int(rows[token]) if 0 <= token < len(rows) else -1
 
 
 class DashboardData:
@@ -57,23 +38,46 @@ class DashboardData:
             raise StoreError(f"store {self.store.path} holds no extracted shards yet")
         self._heads: LRUCache[HeadPoints] = LRUCache(HEADS_KEPT)
         self._attention: LRUCache[tuple[np.ndarray, np.ndarray]] = LRUCache(ATTENTION_KEPT)
+        self._tokens: LRUCache[dict] = LRUCache(TOKENS_KEPT)
 
-    # -- store-wide tables (computed on first use, then kept) --------------------------------
+    # -- tokens ------------------------------------------------------------------------------
     @functools.cached_property
-    def tokens(self) -> pd.DataFrame:
-        return self.store.tokens
-
-    @functools.cached_property
-    def vocabulary(self) -> pd.Categorical:
-        return pd.Categorical(self.tokens["token"])
+    def vocabulary(self) -> np.ndarray:
+        return self.store.vocabulary
 
     @functools.cached_property
-    def kinds(self) -> pd.Categorical:
-        return token_kinds(self.tokens)
+    def classes(self) -> VocabularyClasses:
+        return VocabularyClasses.of(self.vocabulary)
 
-    @functools.cached_property
-    def contexts(self) -> pd.Categorical:
-        return token_contexts(self.tokens)
+    def token_texts(self, tokens: np.ndarray) -> np.ndarray:
+        """The text of each of ``tokens`` (increasing ids), read one shard at a time."""
+        tokens = np.asarray(tokens, np.int64)
+        out = np.empty(len(tokens), object)
+        for mine, rows in self.store.shard_index.groups(tokens):
+            out[mine] = self.vocabulary[self.store.token_codes(rows)[tokens[mine] - rows.start]]
+        return out
+
+    def token_text(self, token: int) -> str:
+        return self.token_info(token)["token"]
+
+    def token_info(self, token: int) -> dict:
+        """``token``'s text, document, position and context (its neighbours in its document)."""
+        return self._tokens.get(token, lambda: self._read_token(token))
+
+    def _read_token(self, token: int) -> dict:
+        rows = slice(max(token - CONTEXT_RADIUS, 0), min(token + CONTEXT_RADIUS + 1, self.store.n_tokens))
+        table = self.store.token_columns(["doc", "position"], rows)
+        docs = table.column("doc").to_numpy()
+        here = token - rows.start
+        texts = self.vocabulary[self.store.token_codes(rows)].tolist()
+        same = [i for i in range(len(texts)) if docs[i] == docs[here]]
+        words = [texts[i] for i in same]
+        return {
+            "token": texts[here],
+            "doc": int(docs[here]),
+            "position": int(table.column("position")[here].as_py()),
+            "context": context_text(words, same.index(here)),
+        }
 
     @functools.cached_property
     def heads(self) -> list[tuple[int, int]]:
@@ -106,56 +110,55 @@ class DashboardData:
         return self._heads.get((layer, head, method, dims), lambda: self._load_head(layer, head, method, dims))
 
     def _load_head(self, layer: int, head: int, method: str, dims: int) -> HeadPoints:
-        projection = self.store.projection(layer, head, method, dims)
-        ids = projection["token"].to_numpy()
-        is_key = (projection["kind"] == "k").to_numpy()
-        norms = {
-            kind: np.linalg.norm(vectors.astype(np.float32), axis=1)
-            for kind, vectors in (("q", self.store.queries(layer, head)), ("k", self.store.keys(layer, head)))
-        }
-        tokens = self.tokens
-        frame = pd.DataFrame({axis: projection[axis].to_numpy() for axis in ("x", "y", "z")[:dims]})
-        frame["kind"] = pd.Categorical.from_codes(is_key.astype(np.int8), ["q", "k"])
-        frame["token_kind"] = self.kinds[ids]
-        frame["rel_position"] = tokens["rel_position"].to_numpy()[ids]
-        frame["norm"] = np.where(is_key, norms["k"][ids], norms["q"][ids])
-        frame["doc"] = tokens["doc"].to_numpy()[ids]
-        frame["doc_colour"] = pd.Categorical.from_codes(
-            (frame["doc"].to_numpy() % 10).astype(np.int8), [str(i) for i in range(10)]
-        )
-        frame["position"] = tokens["position"].to_numpy()[ids]
-        frame["token"] = self.vocabulary[ids]
-        frame["context"] = self.contexts[ids]
-        frame["id"] = ids
-        frame["row"] = np.arange(len(frame), dtype=np.int64)
-        rows = {}
-        for code, kind in enumerate(("q", "k")):
-            lookup = np.full(len(tokens), -1, np.int64)
-            mine = np.flatnonzero(is_key == bool(code))
-            lookup[ids[mine]] = mine
-            rows[kind] = lookup
-        labels = {
-            column: np.asarray(frame[column].cat.categories, dtype=object)
-            for column in frame.columns
-            if isinstance(frame[column].dtype, pd.CategoricalDtype)
-        }
-        return HeadPoints(layer, head, method, dims, frame, rows, labels)
+        projection = projection_path(self.store.path, method, dims, layer, head)
+        if not projection.is_file():
+            raise StoreError(f"layer {layer} head {head} has no {method} {dims}D projection")
+        folder = map_path(self.store.path, method, dims, layer, head) if dims == 2 else None
+        return HeadPoints.load(projection, folder, layer, head, method, dims)
+
+    def hover(self, points: HeadPoints, row: int) -> dict:
+        """The hover columns of the point at ordered row ``row`` of ``points``' map."""
+        picked = np.array([row])
+        kind = KINDS[int(points.map.column("kind", picked)[0])]
+        return {"kind": kind, **self.token_info(int(points.map.column("token", picked)[0]))}
+
+    def sample_3d(self, points: HeadPoints, show: tuple[str, ...]) -> pd.DataFrame:
+        """A sample of the shown points with their axes, colouring columns and hover text."""
+        rows = points.sample(show)
+        frame = pd.DataFrame(points.projection.read(rows, [*points.projection.axes, "token"]))
+        token, is_key = frame["token"].to_numpy(), (rows >= points.n_tokens).astype(np.uint8)
+        attributes = PointAttributes(self.store, points.layer, points.head)(token, is_key)
+        frame["kind"] = pd.Categorical.from_codes(is_key.astype(np.int8), list(KINDS))
+        for name, values in attributes.items():
+            categories = CATEGORIES.get(name)
+            frame[name] = pd.Categorical.from_codes(values.astype(np.int8), categories) if categories else values
+        frame["hover"] = self.token_texts(token) + np.where(is_key, " (key)", " (query)")
+        return frame
 
     # -- documents and attention -----------------------------------------------------------
     def doc_of(self, token: int) -> int:
         """The document of token ``token``."""
-        return int(self.tokens["doc"].iat[token])
+        return self.store.doc_of(token)
+
+    @functools.cached_property
+    def first_doc(self) -> int:
+        return self.store.doc_of(0)
 
     def document_tokens(self, doc: int) -> pd.DataFrame:
-        """The rows of ``doc`` in :attr:`tokens`, with their token ids as ``id``."""
+        """The token rows of ``doc`` with their ``token`` text, ``token_kind`` and ids as ``id``."""
         rows = self.store.doc_rows(doc)
-        frame = self.tokens.iloc[rows].copy()
+        frame = self.store.token_columns(rows=rows).to_pandas()
+        codes = self.store.token_codes(rows)
+        frame["token"] = self.vocabulary[codes]
+        patch_row = frame["patch_row"].to_numpy() if "patch_row" in frame else None
+        kinds = self.classes.kinds(codes, frame["position"].to_numpy(), frame["is_special"].to_numpy(), patch_row)
+        frame["token_kind"] = pd.Categorical.from_codes(kinds, TOKEN_KINDS)
         frame["id"] = np.arange(rows.start, rows.stop)
         return frame
 
     def document_texts(self, doc: int) -> list[str]:
         """The text of every token of ``doc``."""
-        return self.tokens["token"].iloc[self.store.doc_rows(doc)].astype(str).tolist()
+        return self.vocabulary[self.store.token_codes(self.store.doc_rows(doc))].tolist()
 
     def attention(self, doc: int, layer: int, head: int, hide_special: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``doc``'s attention for one head and the positions it covers (read-only arrays, shared by sessions).
@@ -170,7 +173,7 @@ class DashboardData:
     def _compute_attention(self, doc: int, layer: int, head: int, hide_special: bool) -> tuple[np.ndarray, np.ndarray]:
         if hide_special:
             weights, positions = self.attention(doc, layer, head)
-            keep = ~self.tokens["is_special"].to_numpy()[self.store.doc_rows(doc)]
+            keep = ~self.store.token_column("is_special", self.store.doc_rows(doc)).astype(bool)
             positions = positions[keep]
             weights = weights[np.ix_(keep, keep)]
             totals = weights.sum(axis=1, keepdims=True)
@@ -208,11 +211,11 @@ class DashboardData:
         return pd.DataFrame({"id": start + positions[best], "position": positions[best], "weight": line[best]})
 
     def search(self, query: str, mode: str) -> SearchResult:
-        return search_tokens(self.tokens, self.vocabulary, query, mode)
+        return search_tokens(self.store, query, mode)
 
     def describe_token(self, token: int) -> str:
-        row = self.tokens.iloc[token]
-        return f"{row['token']!r} (document {row['doc']}, position {row['position']})"
+        info = self.token_info(token)
+        return f"{info['token']!r} (document {info['doc']}, position {info['position']})"
 
 
 def attention_line(weights: np.ndarray, row: int, kind: str) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Matrix view: every head's cached thumbnail on one canvas, a tap on a tile selects that head."""
+"""Matrix view: every head's thumbnail (written by `project`) on one canvas, a tap on a tile selects that head."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from qkscale.dashboard.thumbnails import THUMBNAIL_PIXELS, thumbnail
+from qkscale.maps.thumbnail import THUMBNAIL_PIXELS, thumbnail_path
 from qkscale.store import Store
 
 TILE = 1.0  # data units per tile; tiles sit on an integer grid (column = head, row = layer)
@@ -18,6 +18,7 @@ MAX_CANVAS_PIXELS = 1600  # a 32 x 32-head model gets 42-px tiles, not a 65 MB i
 MIN_TILE_PIXELS = 24
 TILE_BACKGROUND = (245, 245, 245, 255)  # light grey: each tile stands out from the white gaps
 MISSING_TILE = (215, 215, 215, 255)  # darker grey, no points: this head has no such projection
+NO_THUMBNAIL = (250, 225, 200, 255)  # pale orange: projected before `project` wrote thumbnails
 
 
 def tile_grid(heads: list[tuple[int, int]], columns: int | None = None) -> dict[tuple[int, int], tuple[int, int]]:
@@ -109,9 +110,12 @@ def matrix_element(
     images = {}
     for layer, head in order:
         tile = Image.new("RGBA", (THUMBNAIL_PIXELS, THUMBNAIL_PIXELS), MISSING_TILE)
-        if (layer, head) in projected:
-            png = Image.open(io.BytesIO(thumbnail(store, layer, head, method, dims))).convert("RGBA")
+        path = thumbnail_path(store.path, method, dims, layer, head)
+        if (layer, head) in projected and path.is_file():
+            png = Image.open(io.BytesIO(path.read_bytes())).convert("RGBA")
             tile = Image.alpha_composite(Image.new("RGBA", png.size, TILE_BACKGROUND), png)
+        elif (layer, head) in projected:
+            tile = Image.new("RGBA", (THUMBNAIL_PIXELS, THUMBNAIL_PIXELS), NO_THUMBNAIL)
         if pixels < THUMBNAIL_PIXELS:
             tile = tile.resize((pixels, pixels), Image.Resampling.BOX)
         images[(layer, head)] = np.asarray(tile)

@@ -14,12 +14,12 @@ DEFAULT_ADDRESS = "127.0.0.1"
 
 
 def prepare(store: str | Path) -> DashboardData:
-    """Open the store and compute what every session shares (tokens, kinds, contexts) once."""
+    """Open the store and read what every session shares (vocabulary, metrics) once."""
     import datashader  # noqa: F401 - imported here, not in the first session
     import holoviews  # noqa: F401
 
     data = DashboardData(store)
-    data.kinds, data.contexts, data.metrics  # noqa: B018 - warm the shared caches before the first session
+    data.vocabulary, data.metrics  # noqa: B018 - read once, before the first session
     return data
 
 

@@ -1,27 +1,32 @@
-"""Single-head view: one head's joint embedding, datashaded and re-aggregated on every zoom and pan.
+"""Single-head view: one head's joint embedding, drawn from its point map on every zoom and pan.
 
-Every point is drawn (no sampling in 2D): Datashader aggregates them per pixel on the server,
-``dynspread`` keeps isolated points visible, and a ``selector`` keeps the first point of each pixel
-so that the hover tooltip shows a real token and its context. 3D views use a sample of at most
-:data:`MAX_3D_POINTS` points, drawn by Plotly in the browser.
+Every point counts (no sampling in 2D). A view is snapped to the cells of the pyramid level whose
+cells are about a pixel: zoomed out, that level's counts (or sums) are the aggregate, exactly what
+Datashader would compute from every point over the snapped range; zoomed in past the base cells,
+the points of the window are read from the ordered columns and datashaded. Either way the work is
+set by the pixels and the points in view, never by the head. Hover reads one token when the
+cursor stops on it. 3D views use a sample of :meth:`HeadPoints.sample`, drawn by Plotly.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from qkscale.dashboard.data import HeadPoints
-from qkscale.dashboard.thumbnails import KEY_COLOR, QUERY_COLOR
+from qkscale.dashboard.points import KINDS, HeadPoints, PointMap
+from qkscale.maps.attributes import CATEGORIES
+from qkscale.maps.grid import Window
+from qkscale.maps.thumbnail import KEY_COLOR, QUERY_COLOR
 
 log = logging.getLogger(__name__)
-MAX_3D_POINTS = 100_000
+MAX_WINDOW_POINTS = 4_000_000  # zoomed in further than the base cells: datashade the window's points up to this
 PLOT_SIZE = 640
-HOVER_COLUMNS = ["token", "kind", "doc", "position", "context", "id"]
+HOVER_COLUMNS = ["token", "kind", "doc", "position", "context"]
 HOVER = [("token", "token"), ("kind", "kind"), ("document", "doc"), ("position", "position"), ("context", "context")]
 _CATEGORY_COLOURS = {
     "token_kind": {
@@ -52,6 +57,7 @@ _CATEGORY_COLOURS = {
     ),
     "kind": {"q": QUERY_COLOR, "k": KEY_COLOR},
 }
+CATEGORY_NAMES = {"kind": list(KINDS), **CATEGORIES}
 
 
 @dataclass(frozen=True)
@@ -89,54 +95,88 @@ COLOURINGS = {
 }
 
 
-def visible_points(points: HeadPoints, show: tuple[str, ...]) -> pd.DataFrame:
-    """The points of the kinds in ``show`` ('q', 'k')."""
-    frame = points.frame
-    if set(show) >= {"q", "k"}:
-        return frame
-    return frame[frame["kind"].isin(list(show))]
+# -- aggregating a view ----------------------------------------------------------------------------
+def view_window(points: PointMap, x_range, y_range, width: int, height: int) -> Window | None:
+    """The pyramid window to draw the view from, or None to datashade the points in view instead.
 
-
-def padded_range(values: np.ndarray, margin: float = 0.03) -> tuple[float, float]:
-    """``values``' extent with a small margin (never empty)."""
-    if not len(values):
-        return -1.0, 1.0
-    low, high = float(values.min()), float(values.max())
-    pad = (high - low) * margin or 1.0
-    return low - pad, high + pad
-
-
-def extent(points: HeadPoints) -> tuple[tuple[float, float], tuple[float, float]]:
-    """The x and y ranges that show every point of the head."""
-    return padded_range(points.frame["x"].to_numpy()), padded_range(points.frame["y"].to_numpy())
-
-
-def shade_points(
-    frame: pd.DataFrame,
-    colouring: Colouring,
-    x_range: tuple[float, float],
-    y_range: tuple[float, float],
-    width: int,
-    height: int,
-):
-    """Datashade ``frame`` into an RGBA image, and the row of one point under each pixel (-1 if none).
-
-    One pass aggregates both (``summary`` of the colouring's reduction and ``max('row')``), so
-    hovering needs no second search; ``dynspread`` then grows isolated pixels.
+    None when the view is zoomed in past the base cells and holds at most :data:`MAX_WINDOW_POINTS`.
     """
-    import datashader as ds
-    import datashader.transfer_functions as tf
+    grid = points.grid
+    window = grid.snap(x_range, y_range, max(width, height))
+    pixel = max(x_range[1] - x_range[0], y_range[1] - y_range[0]) / max(width, height)
+    if window.level == 0 and pixel < grid.cell and points.count_in(window) <= MAX_WINDOW_POINTS:
+        return None
+    return window
 
+
+def pyramid_aggregate(points: PointMap, window: Window, show: tuple[str, ...], colouring: Colouring):
+    """The colouring's aggregate of the window's cells, read from the pyramid: ``[y, x(, category)]``."""
+    import xarray as xr
+
+    kinds = [KINDS.index(k) for k in show]
+    side = points.grid.cell * 2**window.level
+    x = window.x_range[0] + (np.arange(window.width) + 0.5) * side
+    y = window.y_range[0] + (np.arange(window.height) + 0.5) * side
+    if colouring.categorical:
+        counts = points.pyramid.window(window, colouring.column)
+        n = counts.shape[2] // 2
+        if colouring.column == "kind":
+            values = counts * np.isin(np.arange(2), kinds)
+        else:
+            values = sum(counts[:, :, k * n : (k + 1) * n] for k in kinds)
+        names = CATEGORY_NAMES[colouring.column]
+        return xr.DataArray(values, coords=[y, x, names], dims=["y", "x", colouring.column])
+    sums = points.pyramid.window(window, colouring.column)
+    counts = points.pyramid.window(window, "kind")
+    total, count = sum(sums[:, :, k] for k in kinds), sum(counts[:, :, k] for k in kinds)
+    mean = np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
+    return xr.DataArray(mean, coords=[y, x], dims=["y", "x"])
+
+
+def window_frame(points: PointMap, x_range, y_range, show: tuple[str, ...]) -> pd.DataFrame:
+    """The shown points of every base cell the view touches, with their colouring columns and ordered row."""
+    window = points.grid.snap(x_range, y_range, 1 << 30)  # level 0: the cells under the view
+    rows = points.points.rows_in(window)
+    kind = points.column("kind", rows)
+    if len(show) == 1:
+        keep = kind == KINDS.index(show[0])
+        rows, kind = rows[keep], kind[keep]
+    frame = pd.DataFrame({axis: points.column(axis, rows) for axis in ("x", "y")})
+    frame["kind"] = pd.Categorical.from_codes(kind.astype(np.int8), list(KINDS))
+    for name, categories in CATEGORIES.items():
+        frame[name] = pd.Categorical.from_codes(points.column(name, rows).astype(np.int8), categories)
+    for name in ("rel_position", "norm"):
+        frame[name] = points.column(name, rows).astype(np.float32)
+    frame["row"] = rows
+    return frame
+
+
+def shade_view(points: PointMap, show, colouring: Colouring, x_range, y_range, width: int, height: int):
+    """The view as an RGBA image, and the ordered row of one shown point under each pixel (-1 if none)."""
+    import datashader as ds
+
+    window = view_window(points, x_range, y_range, width, height)
+    if window is not None:
+        return shade(pyramid_aggregate(points, window, show, colouring), colouring), points.representatives(
+            window, show
+        )
     canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
     reduction = ds.count_cat(colouring.column) if colouring.categorical else ds.mean(colouring.column)
+    frame = window_frame(points, x_range, y_range, show)
     agg = canvas.points(frame, "x", "y", agg=ds.summary(colour=reduction, row=ds.max("row")))
-    if colouring.categorical:
-        image = tf.shade(agg["colour"], color_key=colouring.colours, how="eq_hist", min_alpha=80)
-    else:
-        image = tf.shade(agg["colour"], cmap=_palette(colouring.cmap), how="eq_hist")
-    image = tf.dynspread(image, threshold=0.6, max_px=3)
     rows = np.nan_to_num(agg["row"].to_numpy(), nan=-1).astype(np.int64)
-    return image, rows
+    return shade(agg["colour"], colouring), rows
+
+
+def shade(agg, colouring: Colouring):
+    """Colour an aggregate (counts per category, or a mean) and grow isolated pixels."""
+    import datashader.transfer_functions as tf
+
+    if colouring.categorical:
+        image = tf.shade(agg, color_key=colouring.colours, how="eq_hist", min_alpha=80)
+    else:
+        image = tf.shade(agg, cmap=_palette(colouring.cmap), how="eq_hist")
+    return tf.dynspread(image, threshold=0.6, max_px=3)
 
 
 def _palette(name: str) -> list[str]:
@@ -145,50 +185,73 @@ def _palette(name: str) -> list[str]:
     return list(palettes.all_palettes[name.capitalize()][256])
 
 
-def raster_element(points: HeadPoints, frame: pd.DataFrame, colouring: Colouring, x_range, y_range, width, height):
-    """An ``hv.RGB`` of the shaded points whose server-side hover shows the token under the cursor."""
+# -- hover: one token, read when the cursor stops on it ---------------------------------------------
+def lazy_column(rows: np.ndarray, value: Callable[[int], object]):
+    """An xarray variable over ``rows`` whose values are computed only for the pixels read (the hovered one)."""
+    import xarray as xr
+    from xarray.backends import BackendArray
+    from xarray.core import indexing
+
+    class Column(BackendArray):
+        shape, dtype = rows.shape, np.dtype(object)
+
+        def __getitem__(self, key):
+            return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._read)
+
+        def _read(self, key):
+            picked = np.asarray(rows[key])
+            out = np.empty(picked.shape, object)
+            for where, row in np.ndenumerate(picked):
+                out[where] = value(int(row)) if row >= 0 else ""
+            return out
+
+    return xr.Variable(("y", "x"), indexing.LazilyIndexedArray(Column()))
+
+
+def raster_element(
+    points: HeadPoints,
+    show: tuple[str, ...],
+    colouring: Colouring,
+    x_range,
+    y_range,
+    width: int,
+    height: int,
+    describe: Callable[[int], dict],
+):
+    """An ``hv.RGB`` of the view whose server-side hover shows the token under the cursor.
+
+    ``describe(row)`` gives the hover columns of the point at ordered row ``row``.
+    """
     import xarray as xr
 
     from qkscale.dashboard.plotting import hv
 
-    image, rows = shade_points(frame, colouring, x_range, y_range, width, height)
+    image, rows = shade_view(points.map, show, colouring, x_range, y_range, width, height)
+    height, width = rows.shape
     rgba = image.to_numpy().view(np.uint8).reshape(height, width, 4)
-    empty = rows < 0
-    picked = np.where(empty, 0, rows).ravel()
-    columns = {channel: rgba[:, :, i] for i, channel in enumerate("RGBA")}
-    columns |= {column: points.values(column, picked).reshape(height, width) for column in HOVER_COLUMNS}
-    columns["__index__"] = np.where(empty, -1, rows)
-    # fastpath: xarray would otherwise round-trip object (string) arrays through pandas on every zoom
-    variables = {name: xr.Variable(("y", "x"), values, fastpath=True) for name, values in columns.items()}
+    variables = {channel: xr.Variable(("y", "x"), rgba[:, :, i]) for i, channel in enumerate("RGBA")}
+    variables |= {column: lazy_column(rows, lambda row, c=column: describe(row)[c]) for column in HOVER_COLUMNS}
+    variables["__index__"] = xr.Variable(("y", "x"), rows)
     dataset = xr.Dataset(variables, coords={"x": image.coords["x"].to_numpy(), "y": image.coords["y"].to_numpy()})
     dataset.attrs["selector_columns"] = ["__index__", *HOVER_COLUMNS]
     return hv.RGB(dataset, kdims=["x", "y"], vdims=list("RGBA"))
 
 
-def embedding_2d(points: HeadPoints, show: tuple[str, ...], colouring: Colouring):
-    """The 2D embedding, datashaded on the server and re-aggregated on every zoom, pan and resize."""
+def embedding_2d(points: HeadPoints, show: tuple[str, ...], colouring: Colouring, describe: Callable[[int], dict]):
+    """The 2D embedding, re-aggregated on the server on every zoom, pan and resize."""
     from qkscale.dashboard.plotting import hv
-
-    frame = visible_points(points, show)
-    x_start, y_start = extent(points)
 
     def render(x_range=None, y_range=None, width=None, height=None, scale=1.0):
         width, height = max(int(width or PLOT_SIZE), 50), max(int(height or PLOT_SIZE), 50)
         started = time.perf_counter()
-        element = raster_element(points, frame, colouring, x_range or x_start, y_range or y_start, width, height)
-        milliseconds = (time.perf_counter() - started) * 1000
-        log.info(
-            "L%dH%d: re-aggregated %d points into %dx%d px in %.0f ms",
-            points.layer,
-            points.head,
-            len(frame),
-            width,
-            height,
-            milliseconds,
+        element = raster_element(
+            points, show, colouring, x_range or points.x_range, y_range or points.y_range, width, height, describe
         )
+        milliseconds = (time.perf_counter() - started) * 1000
+        log.info("L%dH%d: drew %dx%d px in %.0f ms", points.layer, points.head, width, height, milliseconds)
         return element
 
-    streams = [hv.streams.RangeXY(x_range=x_start, y_range=y_start), hv.streams.PlotSize()]
+    streams = [hv.streams.RangeXY(x_range=points.x_range, y_range=points.y_range), hv.streams.PlotSize()]
     return hv.DynamicMap(render, streams=streams).opts(
         hv.opts.RGB(
             width=PLOT_SIZE,
@@ -198,26 +261,16 @@ def embedding_2d(points: HeadPoints, show: tuple[str, ...], colouring: Colouring
             active_tools=["wheel_zoom"],
             xaxis=None,
             yaxis=None,
-            title=f"L{points.layer}H{points.head} · {points.method} · {len(frame):,} points",
+            title=f"L{points.layer}H{points.head} · {points.method} · {points.shown(show):,} points",
         )
     )
 
 
-def sample_3d(points: HeadPoints, show: tuple[str, ...], limit: int = MAX_3D_POINTS, seed: int = 0) -> pd.DataFrame:
-    """At most ``limit`` visible points, drawn uniformly (with a fixed seed: stable between renders)."""
-    frame = visible_points(points, show)
-    if len(frame) <= limit:
-        return frame
-    chosen = np.sort(np.random.default_rng(seed).choice(len(frame), limit, replace=False))
-    return frame.iloc[chosen]
-
-
-def embedding_3d(points: HeadPoints, show: tuple[str, ...], colouring: Colouring):
-    """A Plotly 3D scatter of a sample of the points (WebGL in the browser)."""
+# -- 3D: a sample ----------------------------------------------------------------------------------
+def embedding_3d(frame: pd.DataFrame, colouring: Colouring, title: str):
+    """A Plotly 3D scatter of sampled points (columns x, y, z, hover and the colouring's column)."""
     import plotly.graph_objects as go
 
-    frame = sample_3d(points, show)
-    hover = frame["token"].astype(str) + " (" + frame["kind"].astype(str) + ", doc " + frame["doc"].astype(str) + ")"
     marker: dict = {"size": 2, "opacity": 0.7}
     if colouring.categorical:
         marker["color"] = frame[colouring.column].map(colouring.colours).astype(str).to_numpy()
@@ -230,17 +283,11 @@ def embedding_3d(points: HeadPoints, show: tuple[str, ...], colouring: Colouring
             z=frame["z"],
             mode="markers",
             marker=marker,
-            text=hover,
+            text=frame["hover"],
             hoverinfo="text",
         )
     )
-    shown = f"{len(frame):,} of {len(visible_points(points, show)):,} points"
-    figure.update_layout(
-        title=f"L{points.layer}H{points.head} · {points.method} 3D · {shown}",
-        width=PLOT_SIZE,
-        height=PLOT_SIZE,
-        margin={"l": 0, "r": 0, "t": 40, "b": 0},
-    )
+    figure.update_layout(title=title, width=PLOT_SIZE, height=PLOT_SIZE, margin={"l": 0, "r": 0, "t": 40, "b": 0})
     return figure
 
 
@@ -266,26 +313,16 @@ def figure_page(figure, served: bool) -> str:
     )
 
 
-def nearest_point(points: HeadPoints, show: tuple[str, ...], x: float, y: float) -> int | None:
-    """The row of the visible point nearest to (x, y) in :attr:`HeadPoints.frame`, or None."""
-    frame = points.frame
-    distance = (frame["x"].to_numpy() - x) ** 2 + (frame["y"].to_numpy() - y) ** 2
-    if set(show) < {"q", "k"}:
-        distance = np.where(frame["kind"].isin(list(show)).to_numpy(), distance, np.inf)
-    if not len(distance) or not np.isfinite(distance.min()):
-        return None
-    return int(np.argmin(distance))
-
-
+# -- search matches and the clicked token ----------------------------------------------------------
 MATCH_COLOUR = "#e41a1c"
 
 
-def match_points(points: HeadPoints, found: np.ndarray):
-    """The queries and keys of the tokens in ``found`` (search matches) as points."""
+def match_points(points: HeadPoints, found: np.ndarray, show: tuple[str, ...]):
+    """The shown queries and keys of the tokens in ``found`` (search matches) as points."""
     from qkscale.dashboard.plotting import hv
 
-    rows = np.concatenate([points.rows["q"][found], points.rows["k"][found]])
-    return hv.Points(points.frame.iloc[np.sort(rows[rows >= 0])], ["x", "y"])
+    parts = [pd.DataFrame(points.coordinates(found, kind))[["x", "y"]] for kind in KINDS if kind in show]
+    return hv.Points(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"x": [], "y": []}), ["x", "y"])
 
 
 def matches_layer(match_element):
@@ -296,30 +333,30 @@ def matches_layer(match_element):
     return dynspread(shaded, threshold=0.9, max_px=4)
 
 
-def selection_layer(points: HeadPoints | None, row: int | None, links: pd.DataFrame | None):
-    """Overlay: the clicked point and lines to its top-k attended tokens.
+def selection_layer(points: HeadPoints | None, token: int | None, kind: str, links: pd.DataFrame | None):
+    """Overlay: the clicked point (token ``token``'s query or key) and lines to its top-k links.
 
     Always the same three layers (empty where nothing is selected), as a DynamicMap requires.
     """
     from qkscale.dashboard.plotting import hv
 
-    empty = pd.DataFrame({"x": [], "y": [], "token": []})
+    empty = pd.DataFrame({"x": [], "y": []})
     segments, ends, star = [], empty, empty
-    if points is not None and row is not None and links is not None:
-        frame = points.frame
-        star = frame.iloc[[row]]
-        other = "k" if star["kind"].iat[0] == "q" else "q"
-        targets = [(points.point_of(int(t), other), w) for t, w in zip(links["id"], links["weight"], strict=True)]
-        targets = [(t, w) for t, w in targets if t >= 0]
+    if points is not None and token is not None and links is not None:
+        star = pd.DataFrame(points.coordinates(np.array([token]), kind))[["x", "y"]]
+        other = "k" if kind == "q" else "q"
+        ends = pd.DataFrame(points.coordinates(links["id"].to_numpy(), other))[["x", "y"]]
         x, y = float(star["x"].iat[0]), float(star["y"].iat[0])
-        segments = [(x, y, float(frame["x"].iat[t]), float(frame["y"].iat[t]), float(w)) for t, w in targets]
-        ends = frame.iloc[[t for t, _ in targets]]
+        segments = [
+            (x, y, float(ex), float(ey), float(w))
+            for ex, ey, w in zip(ends["x"], ends["y"], links["weight"], strict=True)
+        ]
     return hv.Overlay(
         [
             hv.Segments(segments, ["x0", "y0", "x1", "y1"], ["weight"]).opts(
                 color="black", line_width=hv.dim("weight") * 6 + 1, alpha=0.8
             ),
-            hv.Points(ends, ["x", "y"], ["token"]).opts(color="white", line_color="black", size=7),
-            hv.Points(star, ["x", "y"], ["token"]).opts(color="black", marker="star", size=16),
+            hv.Points(ends, ["x", "y"]).opts(color="white", line_color="black", size=7),
+            hv.Points(star, ["x", "y"]).opts(color="black", marker="star", size=16),
         ]
     )

@@ -39,7 +39,7 @@ class SessionState(param.Parameterized):
     @classmethod
     def of(cls, data: DashboardData, **params) -> SessionState:
         """A new session's state over ``data``: the projection covering most heads, its first head, document 0."""
-        state = cls(heads=list(data.heads), doc=int(data.tokens["doc"].iat[0]))
+        state = cls(heads=list(data.heads), doc=data.first_doc)
         methods = data.methods() or ["umap"]
         state.param.method.objects = methods
         state.param.dims.objects = sorted({int(k.rsplit("-", 1)[1][0]) for k in data.projections()} or {2})

@@ -1,76 +1,37 @@
-"""What the dashboard knows about tokens: their kind, their context, and token search."""
+"""What the dashboard knows about tokens: their context, and token search over a whole store."""
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from qkscale.errors import QKScaleError
+from qkscale.store import Store
+from qkscale.store.kinds import TOKEN_KINDS
 
-TOKEN_KINDS = ["special", "punctuation", "word", "subword", "patch"]
+__all__ = ["TOKEN_KINDS", "SearchError", "SearchResult", "context_text", "search_tokens"]
+
 SEARCH_MODES = ("exact", "case-insensitive", "regex")
 CONTEXT_RADIUS = 4  # tokens either side of a token in its hover context
-_WORD_START = ("Ġ", "▁")  # byte-level BPE and SentencePiece mark the first piece of a word
-_CONTINUATION = "##"  # WordPiece marks every later piece
 
 
 class SearchError(QKScaleError):
     """A search the user typed cannot run (empty, or a regex that does not compile)."""
 
 
-def _is_punctuation(text: str) -> bool:
-    text = text.lstrip("".join(_WORD_START))
-    return bool(text) and all(unicodedata.category(c).startswith(("P", "S")) for c in text)
-
-
-def token_kinds(tokens: pd.DataFrame) -> pd.Categorical:
-    """Each token's kind: special, punctuation, word, subword (or patch, for an image's patches).
-
-    A subword is a word piece after the first: ``##ing`` under WordPiece, or a piece without the
-    word-start mark (``Ġ``/``▁``) that follows another piece under BPE and SentencePiece.
-    """
-    vocabulary = tokens["token"].astype("category")
-    names = vocabulary.cat.categories.astype(str)
-    punctuation = np.fromiter((_is_punctuation(t) for t in names), bool, len(names))
-    wordpiece = names.str.startswith(_CONTINUATION).any()
-    if wordpiece:
-        continuation = np.asarray(names.str.startswith(_CONTINUATION))
-    else:
-        marked = np.asarray(names.str.startswith(_WORD_START))
-        continuation = ~marked if marked.any() else np.zeros(len(names), bool)
-    codes = vocabulary.cat.codes.to_numpy()
-    kind = np.full(len(tokens), TOKEN_KINDS.index("word"), np.int8)
-    first = tokens["position"].to_numpy() == 0
-    kind[continuation[codes] & ~first] = TOKEN_KINDS.index("subword")
-    kind[punctuation[codes]] = TOKEN_KINDS.index("punctuation")
-    if "patch_row" in tokens:
-        kind[tokens["patch_row"].to_numpy() >= 0] = TOKEN_KINDS.index("patch")
-    kind[tokens["is_special"].to_numpy()] = TOKEN_KINDS.index("special")
-    return pd.Categorical.from_codes(kind, TOKEN_KINDS)
-
-
-def token_contexts(tokens: pd.DataFrame, radius: int = CONTEXT_RADIUS) -> pd.Categorical:
-    """Each token in the middle of its neighbours, e.g. ``the quick [brown] fox jumps``."""
-    text = tokens["token"].astype(str).to_numpy()
-    doc = tokens["doc"].to_numpy()
-    contexts = np.empty(len(text), object)
-    starts = np.flatnonzero(np.r_[True, doc[1:] != doc[:-1]])
-    for start, stop in zip(starts, np.r_[starts[1:], len(text)], strict=True):
-        words = text[start:stop].tolist()
-        for i in range(len(words)):
-            left = " ".join(words[max(0, i - radius) : i])
-            right = " ".join(words[i + 1 : i + 1 + radius])
-            contexts[start + i] = f"{left} [{words[i]}] {right}".strip()
-    return pd.Categorical(contexts)
+def context_text(words: list[str], i: int, radius: int = CONTEXT_RADIUS) -> str:
+    """Word ``i`` in the middle of its neighbours, e.g. ``the quick [brown] fox jumps``."""
+    left = " ".join(words[max(0, i - radius) : i])
+    right = " ".join(words[i + 1 : i + 1 + radius])
+    return f"{left} [{words[i]}] {right}".strip()
 
 
 @dataclass(frozen=True)
 class SearchResult:
-    """Token ids (rows of ``Store.tokens``) whose text matches a query."""
+    """Token ids (store rows) whose text matches a query."""
 
     query: str
     mode: str
@@ -83,27 +44,39 @@ class SearchResult:
         return f"{count:,} {noun} match {self.query!r} ({self.mode}) in {self.n_docs:,} documents"
 
 
-def search_tokens(tokens: pd.DataFrame, vocabulary: pd.Categorical, query: str, mode: str) -> SearchResult:
-    """Every token whose text matches ``query``: exactly, ignoring case, or as a regular expression.
-
-    Matching runs over the distinct token strings, then selects rows by their codes, so a search
-    over millions of tokens takes milliseconds.
-    """
+def matching_entries(names: np.ndarray, query: str, mode: str) -> np.ndarray:
+    """Which vocabulary entries ``names`` match ``query``: exactly, ignoring case, or as a regular expression."""
     if mode not in SEARCH_MODES:
         raise SearchError(f"unknown search mode {mode!r}; choose one of {', '.join(SEARCH_MODES)}")
     if not query:
         raise SearchError("type a token to search for")
-    names = pd.Index(vocabulary.categories.astype(str))
+    index = pd.Index(np.asarray(names, dtype=object).astype(str))
     if mode == "exact":
-        hits = names == query
-    elif mode == "case-insensitive":
-        hits = names.str.casefold() == query.casefold()
-    else:
-        try:
-            pattern = re.compile(query)
-        except re.error as exc:
-            raise SearchError(f"the regular expression {query!r} does not compile: {exc}") from None
-        hits = np.fromiter((pattern.search(n) is not None for n in names), bool, len(names))
-    ids = np.flatnonzero(np.asarray(hits)[vocabulary.codes])
-    n_docs = int(pd.unique(tokens["doc"].to_numpy()[ids]).size)
-    return SearchResult(query, mode, ids, n_docs)
+        return np.asarray(index == query)
+    if mode == "case-insensitive":
+        return np.asarray(index.str.casefold() == query.casefold())
+    try:
+        pattern = re.compile(query)
+    except re.error as exc:
+        raise SearchError(f"the regular expression {query!r} does not compile: {exc}") from None
+    return np.fromiter((pattern.search(n) is not None for n in index), bool, len(index))
+
+
+def search_tokens(store: Store, query: str, mode: str) -> SearchResult:
+    """Every token of ``store`` whose text matches ``query``.
+
+    Matching runs over the vocabulary (distinct strings), then one shard at a time selects rows by
+    their codes: memory is set by the shard size, and a search over millions of tokens is a scan
+    of integer codes.
+    """
+    hits = matching_entries(store.vocabulary, query, mode)
+    ids, docs = [], []
+    index = store.shard_index
+    for start, stop in zip(index.starts[:-1].tolist(), index.starts[1:].tolist(), strict=True):
+        local = np.flatnonzero(hits[store.token_codes(slice(start, stop))])
+        if len(local):
+            ids.append(start + local)
+            docs.append(np.unique(store.token_column("doc", slice(start, stop))[local]))
+    found = np.concatenate(ids) if ids else np.empty(0, np.int64)
+    n_docs = len(np.unique(np.concatenate(docs))) if docs else 0
+    return SearchResult(query, mode, found, n_docs)

@@ -2,17 +2,20 @@
 
 ```
 STORE/maps/umap-2d/L000-H003/   grid.json, cells.npy (int64 start of every base cell, row-major, + end),
-                                x.npy, y.npy (float32), token.npy (int64), kind.npy (uint8: 0 query, 1 key)
+                                x.npy, y.npy (float32), token.npy (uint32, int64 past 2^32 tokens),
+                                kind.npy (uint8: 0 query, 1 key), and the columns of
+                                :data:`qkscale.maps.attributes.ATTRIBUTES` (21 bytes a point in all)
 ```
-Written by a counting sort in two streamed passes over the projection's row groups (a histogram of
-cells, then every chunk scattered to its cells' slots), so memory is set by the chunk and the grid,
-never by the number of points.
+Within a cell, its queries come before its keys. Written by a counting sort in two streamed passes
+over the projection's row groups (a histogram of cells, then every chunk scattered to its cells'
+slots), so memory is set by the chunk and the grid, never by the number of points.
 """
 
 from __future__ import annotations
 
 import json
 import mmap
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,10 +26,17 @@ from qkscale.maps.grid import Grid, Window, ranges
 
 GRID_SIZE = 1024  # base cells a side
 CHUNK_POINTS = 1 << 20  # points read and scattered at once
-COLUMNS = {"x": np.float32, "y": np.float32, "token": np.int64, "kind": np.uint8}
+POINT_COLUMNS = {"x": np.float32, "y": np.float32, "token": np.uint32, "kind": np.uint8}
+Attributes = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]  # (token, kind) -> columns
 
 
-def _extent(file: pq.ParquetFile) -> tuple[np.ndarray, np.ndarray]:
+def column_types(n_points: int, attributes: dict[str, type]) -> dict[str, type]:
+    """Every column's dtype: token ids in 32 bits while they fit."""
+    token = np.uint32 if n_points < 2**32 else np.int64
+    return {**POINT_COLUMNS, "token": token, **attributes}
+
+
+def projection_extent(file: pq.ParquetFile) -> tuple[np.ndarray, np.ndarray]:
     """Lowest and highest x and y, from the row groups' statistics where they have them."""
     names = file.schema_arrow.names
     low, high = [], []
@@ -51,24 +61,55 @@ def _release(column: np.memmap) -> None:
     column._mmap.madvise(mmap.MADV_DONTNEED)  # noqa: SLF001 (numpy keeps the mmap object there)
 
 
-def order_points(source: Path, folder: Path, size: int = GRID_SIZE, chunk: int = CHUNK_POINTS) -> Grid:
-    """Write the spatially ordered columns of the 2D projection at ``source`` into the (new) ``folder``."""
+def order_points(
+    source: Path,
+    folder: Path,
+    size: int = GRID_SIZE,
+    chunk: int = CHUNK_POINTS,
+    attributes: Attributes | None = None,
+    attribute_types: dict[str, type] | None = None,
+) -> Grid:
+    """Write the spatially ordered columns of the 2D projection at ``source`` into the (new) ``folder``.
+
+    ``attributes(token, kind)`` gives each chunk's extra columns (dtypes ``attribute_types``).
+    """
     file = pq.ParquetFile(source)
     n = file.metadata.num_rows
     if n == 0:
         raise ValueError(f"projection {source} holds no points")
-    low, high = _extent(file)
+    low, high = projection_extent(file)
     grid = Grid.covering(np.array([low[0], high[0]]), np.array([low[1], high[1]]), size)
-    starts = np.zeros(size * size + 1, np.int64)
-    for batch in file.iter_batches(chunk, columns=["x", "y"]):
-        keys = grid.keys(batch.column("x").to_numpy(), batch.column("y").to_numpy())
-        starts[1:] += np.bincount(keys, minlength=size * size)
+    slots = 2 * size * size  # (cell, kind): a cell's queries, then its keys
+    starts = np.zeros(slots + 1, np.int64)
+    for values in _chunks(file, chunk, None):
+        starts[1:] += np.bincount(_slots(grid, values), minlength=slots)
     np.cumsum(starts, out=starts)
     cursor = starts[:-1].copy()
+    types = column_types(n, attribute_types or {})  # token ids are below the number of points
     columns = {
         name: np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=(n,))
-        for name, dtype in COLUMNS.items()
+        for name, dtype in types.items()
     }
+    for values in _chunks(file, chunk, attributes):
+        keys = _slots(grid, values)
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        rank = np.arange(len(keys)) - np.searchsorted(sorted_keys, sorted_keys, side="left")
+        positions = cursor[sorted_keys] + rank
+        cursor += np.bincount(keys, minlength=slots)
+        for name, column in columns.items():
+            column[positions] = values[name][order]
+            _release(column)
+    for column in columns.values():
+        column.flush()
+    del columns
+    np.save(folder / "cells.npy", starts[::2])
+    (folder / "grid.json").write_text(json.dumps(asdict(grid)))
+    return grid
+
+
+def _chunks(file: pq.ParquetFile, chunk: int, attributes: Attributes | None):
+    """The projection's points, ``chunk`` at a time: x, y, token, kind (0/1) and the extra attributes."""
     for batch in file.iter_batches(chunk, columns=["token", "kind", "x", "y"]):
         kind = batch.column("kind")
         values = {
@@ -77,21 +118,13 @@ def order_points(source: Path, folder: Path, size: int = GRID_SIZE, chunk: int =
             "token": batch.column("token").to_numpy(),
             "kind": (np.asarray(kind.dictionary.to_pylist())[kind.indices.to_numpy()] == "k").astype(np.uint8),
         }
-        keys = grid.keys(values["x"], values["y"])
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        rank = np.arange(len(keys)) - np.searchsorted(sorted_keys, sorted_keys, side="left")
-        positions = cursor[sorted_keys] + rank
-        cursor += np.bincount(keys, minlength=size * size)
-        for name, column in columns.items():
-            column[positions] = values[name][order]
-            _release(column)
-    for column in columns.values():
-        column.flush()
-    del columns
-    np.save(folder / "cells.npy", starts)
-    (folder / "grid.json").write_text(json.dumps(asdict(grid)))
-    return grid
+        if attributes is not None:
+            values |= attributes(values["token"], values["kind"])
+        yield values
+
+
+def _slots(grid: Grid, values: dict[str, np.ndarray]) -> np.ndarray:
+    return 2 * grid.keys(values["x"], values["y"]) + values["kind"]
 
 
 class OrderedPoints:
@@ -101,7 +134,7 @@ class OrderedPoints:
         self.folder = folder
         self.grid = Grid(**json.loads((folder / "grid.json").read_text()))
         self.cells = np.load(folder / "cells.npy", mmap_mode="r")
-        self.columns = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in COLUMNS}
+        self.columns = {path.stem: np.load(path, mmap_mode="r") for path in folder.glob("*.npy") if _is_column(path)}
 
     def __len__(self) -> int:
         return int(self.cells[-1])
@@ -112,3 +145,7 @@ class OrderedPoints:
         i0, i1 = window.i0 << level, min(window.i1 << level, size)
         rows = np.arange(window.j0 << level, min(window.j1 << level, size))
         return ranges(np.asarray(self.cells[rows * size + i0]), np.asarray(self.cells[rows * size + i1]))
+
+
+def _is_column(path: Path) -> bool:
+    return path.stem != "cells" and not path.stem.startswith("pyramid")

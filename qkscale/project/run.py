@@ -19,7 +19,8 @@ from qkscale import __version__
 from qkscale.engine import QUIET, Progress, Stage, run_stage
 from qkscale.errors import OptionError, QKScaleError, StoreError
 from qkscale.joint import JointNormalization, normalize_with_info
-from qkscale.maps.build import MAPS, map_path, write_map
+from qkscale.maps.build import MAPS, views_exist, write_views
+from qkscale.maps.thumbnail import THUMBNAILS
 from qkscale.options import api_signature, from_keywords
 from qkscale.project.base import MIN_POINTS, Backend
 from qkscale.project.placement import CHUNK_POINTS, NeighborSearch, chunks, linear_map, place_by_neighbors
@@ -99,11 +100,14 @@ def plan_projection(store: Store | str | Path, *, force: bool = False, **options
                 f"this store's heads have {2 * store.n_tokens}"
             )
     heads = _select(store, chosen.layers, chosen.heads)
-    done = set() if force else {(s.method, s.dims, *h) for s in settings for h in heads if _is_done(store, s, *h)}
-    return ProjectStage(store, settings, heads, backend, done)
+    projected = (
+        set() if force else {(s.method, s.dims, *h) for s in settings for h in heads if _has_projection(store, s, *h)}
+    )
+    done = {unit for unit in projected if views_exist(store.path, *unit)}
+    return ProjectStage(store, settings, heads, backend, done, projected - done)
 
 
-def _is_done(store: Store, settings: ProjectionSettings, layer: int, head: int) -> bool:
+def _has_projection(store: Store, settings: ProjectionSettings, layer: int, head: int) -> bool:
     """True if this head already has this projection; an error if it was made differently."""
     path = projection_path(store.path, settings.method, settings.dims, layer, head)
     if not path.is_file():
@@ -255,12 +259,17 @@ def project_head(
         "seconds": round(time.perf_counter() - started, 3),
         "qkscale_version": __version__,
     }
-    if settings.dims == 2:
-        target = map_path(store.path, settings.method, settings.dims, layer, head)
-        writer.commit(record, before_rename=lambda finished: write_map(finished, target))
-    else:
-        writer.commit(record)
+    report("writing its map and thumbnail")
+    views = lambda finished: write_views(store, finished, settings.method, settings.dims, layer, head)  # noqa: E731
+    writer.commit(record, before_rename=views)
     return record
+
+
+def complete_views(store: Store, layer: int, head: int, settings: ProjectionSettings) -> dict[str, Any]:
+    """Write the map and thumbnail of a head projected before `project` wrote them; returns its record."""
+    path = projection_path(store.path, settings.method, settings.dims, layer, head)
+    write_views(store, path, settings.method, settings.dims, layer, head)
+    return read_record(path)
 
 
 Unit = tuple[str, int, int, int]  # method, dims, layer, head
@@ -280,9 +289,14 @@ class ProjectStage(Stage):
         heads: list[tuple[int, int]],
         backend: Backend | str,
         done: set[Unit],
+        views_missing: set[Unit] = frozenset(),
     ):
-        """``backend``: a name (``auto`` is resolved where the units run) or a ready instance."""
+        """``backend``: a name (``auto`` is resolved where the units run) or a ready instance.
+
+        ``views_missing``: heads projected already whose map or thumbnail is missing (written, not reprojected).
+        """
         self.store, self.settings, self.heads, self.backend, self.done = store, settings, heads, backend, done
+        self.views_missing = set(views_missing)
         self._chosen: Backend | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -301,7 +315,7 @@ class ProjectStage(Stage):
         return [
             self.store.path / folder / projection_key(s.method, s.dims)
             for s in self.settings
-            for folder in (PROJECTIONS, MAPS)
+            for folder in (PROJECTIONS, MAPS, THUMBNAILS)
         ]
 
     def describe(self, unit: Unit) -> str:
@@ -315,6 +329,9 @@ class ProjectStage(Stage):
         method, dims, layer, head = unit
         settings = next(s for s in self.settings if (s.method, s.dims) == (method, dims))
         report = lambda stage: progress.note(f"L{layer} H{head}: {stage}")  # noqa: E731
+        if unit in self.views_missing:
+            report("writing its map and thumbnail")
+            return complete_views(self.store, layer, head, settings)
         return project_head(self.store, layer, head, settings, self._chosen, report)
 
     def note(self, unit: Unit, record: dict[str, Any]) -> str:

@@ -66,6 +66,14 @@ class ShardIndex:
             if a < b:
                 yield Piece(position, int(self.shards[position]), slice(a - low, b - low), slice(a - start, b - start))
 
+    def groups(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, slice]]:
+        """Shard by shard: which of the row ids ``rows`` lie in it, and the row range spanning them."""
+        rows = np.asarray(rows, np.int64)
+        shard_of = np.searchsorted(self.starts, rows, side="right") - 1
+        for position in np.unique(shard_of).tolist():
+            mine = np.flatnonzero(shard_of == position)
+            yield mine, slice(int(rows[mine].min()), int(rows[mine].max()) + 1)
+
     def position_of_row(self, row: int) -> int:
         """Index (in :attr:`shards`) of the shard holding ``row``."""
         if not 0 <= row < self.n_tokens:

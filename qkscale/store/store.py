@@ -132,6 +132,11 @@ class Store:
             return schema.empty_table()
         return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
+    @functools.cached_property
+    def token_schema(self) -> pa.Schema:
+        """The token table's columns and types (read from one shard's footer)."""
+        return pq.read_schema(layout.shard_dir(self.path, self._all_shards()[0]) / layout.TOKENS)
+
     def token_column(self, name: str, rows: slice = slice(None)) -> np.ndarray:
         """One token-table column over ``rows`` as a numpy array (strings as an object array)."""
         column = self.token_columns([name], rows).column(name)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import html
+
 import panel as pn
 import param
 
 from qkscale.dashboard import matrix
 from qkscale.dashboard.views.base import View, guarded, on_tap, plot
 from qkscale.errors import QKScaleError
+from qkscale.maps.thumbnail import thumbnail_path
 
 
 class MatrixView(View):
@@ -46,9 +49,12 @@ class MatrixView(View):
             state.label_metric,
         )
         on_tap(element, lambda x, y: self._open(matrix.head_at(grid, x, y)))
-        note = pn.pane.HTML(
-            f"<span class='qk-count'>{len(grid)} heads</span>, {len(projected)} with a {key} projection"
-        )
+        text = f"<span class='qk-count'>{len(grid)} heads</span>, {len(projected)} with a {key} projection"
+        missing = [h for h in projected if not thumbnail_path(data.store.path, state.method, state.dims, *h).is_file()]
+        if missing:
+            command = f"qkscale project {data.store.path} --method {state.method} --dims {state.dims}"
+            text += f"; {len(missing)} without a thumbnail (pale orange): write them with <code>{html.escape(command)}</code>"
+        note = pn.pane.HTML(text)
         return pn.Column(note, plot(element, css_classes=["qk-matrix"]))
 
     def _open(self, head: tuple[int, int] | None) -> None:

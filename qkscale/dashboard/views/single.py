@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import panel as pn
 import param
 
 from qkscale.dashboard import single
-from qkscale.dashboard.data import DashboardData, HeadPoints
+from qkscale.dashboard.data import DashboardData
+from qkscale.dashboard.points import KINDS, HeadPoints
 from qkscale.dashboard.state import SessionState
 from qkscale.dashboard.views.attention import attention_controls
 from qkscale.dashboard.views.base import View, button, guarded, lazy, on_tap, plot, redrawn_on
@@ -83,43 +85,45 @@ class SingleHeadView(View):
         colouring = single.COLOURINGS[state.colour]
         show = tuple(state.show)
         if state.dims == 3:
-            figure = single.embedding_3d(points, show, colouring)
+            frame = self.data.sample_3d(points, show)
+            figure = single.embedding_3d(frame, colouring, _title_text(points, len(frame)))
             served = pn.state.curdoc is not None and pn.state.curdoc.session_context is not None
-            frame = pn.pane.HTML(single.figure_page(figure, served), css_classes=["qk-embedding-3d"])
-            return pn.Column(_title(points, len(single.sample_3d(points, show))), frame)
-        embedding = single.embedding_2d(points, show, colouring)
-        matches = redrawn_on(lambda: single.match_points(points, self.search.match_ids()), self.search, ["matches"])
+            pane = pn.pane.HTML(single.figure_page(figure, served), css_classes=["qk-embedding-3d"])
+            return pn.Column(_title(points, len(frame)), pane)
+        embedding = single.embedding_2d(points, show, colouring, lambda row: self.data.hover(points, row))
+        matches = redrawn_on(
+            lambda: single.match_points(points, self.search.match_ids(), show), self.search, ["matches"]
+        )
         overlay = redrawn_on(lambda: self._selection_overlay(points), state, SELECTION)
         on_tap(embedding, lambda x, y: self._on_tap(points, show, x, y))
-        x_range, y_range = single.extent(points)  # empty overlays must not widen the view
-        layers = (embedding * single.matches_layer(matches) * overlay).opts(xlim=x_range, ylim=y_range)
-        return pn.Column(
-            _title(points, len(single.visible_points(points, show))), plot(layers, css_classes=["qk-embedding"])
-        )
+        layers = (embedding * single.matches_layer(matches) * overlay).opts(xlim=points.x_range, ylim=points.y_range)
+        return pn.Column(_title(points, points.shown(show)), plot(layers, css_classes=["qk-embedding"]))
 
     def _selection_overlay(self, points: HeadPoints):
         state = self.state
-        row, links = None, None
-        if state.token >= 0:
-            row = points.point_of(state.token, state.token_kind)
-            row = row if row >= 0 else None
+        token, links = None, None
+        if 0 <= state.token < points.n_tokens:
+            token = state.token
             links = self.data.top_links(
                 state.token, state.token_kind, state.layer, state.head, state.top_k, state.hide_special
             )
-        return single.selection_layer(points, row, links)
+        return single.selection_layer(points, token, state.token_kind, links)
 
     def _on_tap(self, points: HeadPoints, show: tuple[str, ...], x: float, y: float) -> None:
-        row = single.nearest_point(points, show, x, y)
+        row = points.map.nearest(x, y, show)
         if row is not None:
             self.select_point(points, row)
 
     def select_point(self, points: HeadPoints, row: int) -> None:
-        """Select the token of point ``row`` (as a query or a key) and show its document."""
-        token = int(points.frame["id"].iat[row])
-        kind = str(points.frame["kind"].iat[row])
+        """Select the token of ordered point ``row`` of the head's map (as a query or a key) and show its document."""
+        token = int(points.map.column("token", np.array([row]))[0])
+        kind = KINDS[int(points.map.column("kind", np.array([row]))[0])]
         self.state.param.update(token=token, token_kind=kind, doc=self.data.doc_of(token))
 
 
+def _title_text(points: HeadPoints, shown: int) -> str:
+    return f"L{points.layer}H{points.head} · {points.method} {points.dims}D · {shown:,} points"
+
+
 def _title(points: HeadPoints, shown: int) -> pn.pane.HTML:
-    text = f"L{points.layer}H{points.head} · {points.method} {points.dims}D · {shown:,} points"
-    return pn.pane.HTML(f"<b class='qk-head-title'>{text}</b>")
+    return pn.pane.HTML(f"<b class='qk-head-title'>{_title_text(points, shown)}</b>")

@@ -35,7 +35,7 @@ class TokenDetails(View):
             shading[positions] = attention_line(weights, row, state.token_kind)
         links = data.top_links(state.token, state.token_kind, state.layer, state.head, state.top_k, state.hide_special)
         targets = ", ".join(
-            f"{data.tokens['token'].iat[int(t)]} ({w:.2f})" for t, w in zip(links["id"], links["weight"], strict=True)
+            f"{data.token_text(int(t))} ({w:.2f})" for t, w in zip(links["id"], links["weight"], strict=True)
         )
         role, verb = ("query", "attends most to") if state.token_kind == "q" else ("key", "is attended most by")
         heading = pn.pane.HTML(
