@@ -100,10 +100,11 @@ def rendering(section: dict[str, Any]) -> Iterator[Row]:
 
 def dashboard(report: dict[str, Any]) -> Iterator[Row]:
     paint = report["matrix_first_paint_s"]
+    later = paint.get("later_sessions") or paint["warm_cache"]  # results before 2026-12-03 name them by cache
+    first = paint.get("first_session") or paint["cold_cache"]
     yield (
         f"matrix view of {report['store']['heads']} heads, first paint",
-        f"{_s(paint['warm_cache']['all_tiles_painted']['median'])} (cold cache "
-        f"{_s(paint['cold_cache']['all_tiles_painted'])})",
+        f"{_s(later['all_tiles_painted']['median'])} (first session {_s(first['all_tiles_painted'])})",
         "AttentionViz: 'may take up to a minute'",
         "—",
     )

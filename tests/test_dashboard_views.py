@@ -48,6 +48,13 @@ def _render(view) -> None:
     assert root is not None
 
 
+def map_row(points, token: int, kind: str) -> int:
+    """The row of token ``token``'s query or key in the head's point map (a scan: tests only)."""
+    columns = points.map.points.columns
+    found = (np.asarray(columns["token"]) == token) & (np.asarray(columns["kind"]) == "qk".index(kind))
+    return int(np.flatnonzero(found)[0])
+
+
 # -- each view alone ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("view", [MatrixView, SingleHeadView, SentenceView, AggregateView, MetricsView])
 def test_each_view_is_built_alone_from_data_and_state(view, data, state):
@@ -130,7 +137,7 @@ def test_one_click_computes_the_attention_once(dashboard_store):
     view = board.opened[SINGLE_HEAD]
     points = data.head_points(1, 0, state.method, state.dims)
     assert not calls
-    view.select_point(points, int(points.rows["q"][45]))  # the click: overlay, details, attention panel redraw
+    view.select_point(points, map_row(points, 45, "q"))  # the click: overlay, details, attention panel redraw
     doc = data.doc_of(45)
     assert len(asked) >= 3 and calls == [(doc, 1, 0)]
     state.param.update(hide_special=True, sentence_style="heatmap", top_k=3)  # derived from the same attention
@@ -185,7 +192,7 @@ def test_app_state_flows_between_views(data, dashboard_store):
     assert (state.layer, state.head) == (0, 0)  # wraps around
     points = data.head_points(1, 0, "umap", 2)
     state.param.update(layer=1, head=0)
-    view.select_point(points, int(points.rows["k"][30]))
+    view.select_point(points, map_row(points, 30, "k"))
     assert state.token == 30 and state.token_kind == "k"
     assert state.doc == int(dashboard_store.tokens["doc"].iat[30])
     state.search_text = "the"

@@ -68,4 +68,4 @@ def test_metrics_project_and_dashboard_see_the_stored_heads(chosen_store, run_cl
 
     data = DashboardData(store)
     assert data.heads == [(layer, head) for layer in store.layers for head in (1, 3)]
-    assert len(data.head_points(store.layers[0], 3, "pca", 2).frame) == 2 * store.n_tokens
+    assert data.head_points(store.layers[0], 3, "pca", 2).n_points == 2 * store.n_tokens

@@ -53,7 +53,8 @@ class MatrixView(View):
         missing = [h for h in projected if not thumbnail_path(data.store.path, state.method, state.dims, *h).is_file()]
         if missing:
             command = f"qkscale project {data.store.path} --method {state.method} --dims {state.dims}"
-            text += f"; {len(missing)} without a thumbnail (pale orange): write them with <code>{html.escape(command)}</code>"
+            text += f"; {len(missing)} without a thumbnail (pale orange): write them with "
+            text += f"<code>{html.escape(command)}</code>"
         note = pn.pane.HTML(text)
         return pn.Column(note, plot(element, css_classes=["qk-matrix"]))
 
