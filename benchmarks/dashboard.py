@@ -50,9 +50,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _rss_mib(pid: int) -> float:
+def _rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """The resident set of process ``pid`` now (``VmHWM``: its peak so far), in MiB."""
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+    return int(re.search(rf"{field}:\s+(\d+) kB", status).group(1)) / 1024
 
 
 def _matrix_paint(context, url: str, expected: int, method: str) -> dict[str, float]:
@@ -60,7 +61,7 @@ def _matrix_paint(context, url: str, expected: int, method: str) -> dict[str, fl
     all ``expected`` tiles painted (an upper bound: taking the screenshot itself takes ~0.4 s here)."""
     page = context.new_page()
     started = time.perf_counter()
-    page.goto(url, wait_until="commit")
+    page.goto(f"{url}?method={method}", wait_until="commit")
     page.get_by_text(f"with a {method}-2d projection").wait_for(timeout=TIMEOUT_MS)
     canvas = page.locator(".qk-matrix canvas").first
     canvas.wait_for(timeout=TIMEOUT_MS)
@@ -113,14 +114,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["server_ready_s"] = time.perf_counter() - started
             report["rss_mib"] = {"started": _rss_mib(process.pid)}
             with browser.chromium(scratch / "profile") as context:
-                cold = _matrix_paint(context, url, heads, args.method)
-                warm = [_matrix_paint(context, url, heads, args.method) for _ in range(args.repeats)]
+                projected = len(store.projections().get(f"{args.method}-2d", []))
+                cold = _matrix_paint(context, url, projected, args.method)
+                warm = [_matrix_paint(context, url, projected, args.method) for _ in range(args.repeats)]
                 report["matrix_first_paint_s"] = {
                     "first_session": cold,
                     "later_sessions": {key: _summary([w[key] for w in warm]) for key in cold},
                 }
 
+                opened = time.perf_counter()
                 page = _open_single(context, url, args)
+                report["open_head_s"] = time.perf_counter() - opened
                 report["rss_mib"]["1_session"] = _rss_mib(process.pid)
                 canvas = page.locator(".qk-embedding canvas").first
                 box = canvas.bounding_box()
@@ -140,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report["rss_mib"][f"{args.sessions}_sessions"] = _rss_mib(process.pid)
                 for other in pages:
                     other.close()
+            report["rss_mib"]["peak"] = _rss_mib(process.pid, "VmHWM")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=2))

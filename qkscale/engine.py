@@ -294,7 +294,7 @@ def run_stage(
                         else:
                             policy.failed(session, unit, error)
                 except BaseException:
-                    # Cancelled tasks may still be writing their temps: the next start() removes them.
+                    # A session waits for its running tasks and removes their temps (the next start() would too).
                     session.cancel()
                     raise
     value = stage.finish(policy.combined)

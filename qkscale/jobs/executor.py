@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
@@ -21,8 +22,10 @@ from distributed import WorkerPlugin, as_completed, get_worker
 
 from qkscale.cluster import GPU, Cluster
 from qkscale.engine import QUIET, Progress, Stage, StageError
+from qkscale.store.files import remove_temps
 
 IN_FLIGHT_PER_WORKER = 2
+CANCEL_WAIT_S = 120  # how long a failed stage waits for its running tasks to finish
 
 
 class StagePlugin(WorkerPlugin):
@@ -45,6 +48,11 @@ class StagePlugin(WorkerPlugin):
 
     async def teardown(self, worker: Any) -> None:
         await asyncio.to_thread(self.stage.teardown)
+
+
+def _executing(keys: list[str], dask_worker: Any = None) -> bool:
+    """True if the worker is running one of ``keys`` (run on every worker by ``Client.run``)."""
+    return any(task.key in keys for task in dask_worker.state.executing)
 
 
 def run_unit_task(plugin: str, unit: Hashable) -> Any:
@@ -82,9 +90,22 @@ class _DaskSession:
                 yield unit, None, RuntimeError(f"the task was {future.status}")
 
     def cancel(self) -> None:
+        """Cancel the pending tasks, wait (up to :data:`CANCEL_WAIT_S`) for those already running, drop temps.
+
+        A running task cannot be interrupted: it finishes (or aborts) its unit. Waiting for it
+        means a failed stage leaves no temp file behind.
+        """
         futures = list(self.pending.futures)
-        if futures:
-            self.cluster.client.cancel(futures)
+        if not futures:
+            return
+        keys = [future.key for future in futures]
+        client = self.cluster.client
+        client.cancel(futures)
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while time.monotonic() < deadline and any(client.run(_executing, keys).values()):
+            time.sleep(0.2)
+        for folder in self.stage.temp_folders():
+            remove_temps(folder)
 
 
 class DaskExecutor:

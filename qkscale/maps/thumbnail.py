@@ -10,7 +10,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 
 from qkscale.maps.order import projection_extent
@@ -35,31 +34,37 @@ def padded(low: float, high: float, margin: float = 0.02) -> tuple[float, float]
 
 
 def render_projection(projection: Path, pixels: int = THUMBNAIL_PIXELS) -> bytes:
-    """PNG bytes of the x-y plane of the projection file at ``projection``, every point counted."""
-    import datashader as ds
+    """PNG bytes of the x-y plane of the projection file at ``projection``, every point counted.
+
+    Counts are binned as a Datashader canvas bins them (``floor((x - x0) * pixels / span)``, the
+    last edge inside), one row group at a time with ``bincount``, then shaded by Datashader.
+    """
     import datashader.transfer_functions as tf
+    import xarray as xr
 
     file = pq.ParquetFile(projection)
     low, high = projection_extent(file)
-    x_range, y_range = padded(low[0], high[0]), padded(low[1], high[1])
-    canvas = ds.Canvas(plot_width=pixels, plot_height=pixels, x_range=x_range, y_range=y_range)
-    total = None
+    ranges = [padded(low[axis], high[axis]) for axis in (0, 1)]
+    counts = np.zeros(2 * pixels * pixels, np.int64)
     for batch in file.iter_batches(columns=["x", "y", "kind"]):
         kind = batch.column("kind")
-        codes = (np.asarray(kind.dictionary.to_pylist())[kind.indices.to_numpy()] == "k").astype(np.int8)
-        frame = pd.DataFrame(
-            {
-                "x": batch.column("x").to_numpy(),
-                "y": batch.column("y").to_numpy(),
-                "kind": pd.Categorical.from_codes(codes, ["q", "k"]),
-            }
-        )
-        counts = canvas.points(frame, "x", "y", agg=ds.count_cat("kind"))
-        total = counts if total is None else total + counts
-    image = tf.spread(tf.shade(total, color_key=COLOR_KEY, how="eq_hist", min_alpha=60), px=1)
+        is_key = np.asarray(kind.dictionary.to_pylist())[kind.indices.to_numpy()] == "k"
+        i, j = (_bins(batch.column(axis).to_numpy(), *ranges[n], pixels) for n, axis in enumerate(("x", "y")))
+        counts += np.bincount((j * pixels + i) * 2 + is_key, minlength=len(counts))
+    centres = [lo + (np.arange(pixels) + 0.5) * (hi - lo) / pixels for lo, hi in ranges]
+    agg = xr.DataArray(
+        counts.reshape(pixels, pixels, 2).astype(np.uint32),
+        coords=[centres[1], centres[0], ["q", "k"]],
+        dims=["y", "x", "kind"],
+    )
+    image = tf.spread(tf.shade(agg, color_key=COLOR_KEY, how="eq_hist", min_alpha=60), px=1)
     buffer = io.BytesIO()
     image.to_pil().save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _bins(values: np.ndarray, low: float, high: float, pixels: int) -> np.ndarray:
+    return np.clip(((values.astype(np.float64) - low) * (pixels / (high - low))).astype(np.int64), 0, pixels - 1)
 
 
 def write_thumbnail(projection: Path, target: Path) -> None:
