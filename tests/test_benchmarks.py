@@ -85,3 +85,29 @@ def test_headline_table_of_committed_results(name):
     assert len(table.splitlines()) == len(rows) + 2 and all(len(row) == 4 for row in rows)
     figures = " ".join(row[0] for row in rows)
     assert "extraction" in figures and "UMAP of one head" in figures
+
+
+def test_scale_benchmark_fits_an_exponent_per_stage_and_plots(tmp_path):
+    from benchmarks import scale
+
+    out = tmp_path / "scale.json"
+    stages = "extract,metrics,project pca"
+    scale.main(["--sizes", "2000,4000", "--stages", stages, "--work", str(tmp_path / "work"), "--out", str(out)])
+    section = json.loads(out.read_text())["sections"]["scale"]
+    sizes = section["sizes"]
+    assert set(sizes) == {"2000", "4000"}
+    assert 1500 < sizes["2000"]["tokens"] <= 2000 < sizes["4000"]["tokens"] <= 4000
+    for size in sizes.values():
+        assert set(size["stages"]) == set(stages.split(","))
+        assert all(s["seconds"] > 0 and s["peak_rss_mib"] > 50 for s in size["stages"].values())
+    assert set(section["exponents"]) == set(stages.split(","))
+    assert all(isinstance(e["seconds"], float) for e in section["exponents"].values())
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_exponent_of_a_power_law():
+    from benchmarks.scale import exponent
+
+    assert exponent([10, 100, 1000], [2.0, 20.0, 200.0]) == pytest.approx(1.0)
+    assert exponent([10, 100], [5.0, 5.0]) == pytest.approx(0.0)
+    assert exponent([10], [1.0]) is None

@@ -181,6 +181,18 @@ def test_projection_files_and_rerun(store_copy, run_cli):
     assert "3 of 4 heads already projected" in out and "projected 1 heads" in out
     assert stamp.stat().st_mtime_ns == before
 
+    import shutil
+
+    from qkscale.maps.thumbnail import thumbnail_path
+
+    shutil.rmtree(store_copy.path / "maps" / "pca-2d" / "L001-H002")  # a store projected before maps existed
+    thumbnail_path(store_copy.path, "pca", 2, 1, 2).unlink()
+    code, out, err = run_cli("project", store_copy.path, "--method", "pca", "--layers", "1", "--heads", "2")
+    assert code == 0, err
+    assert stamp.stat().st_mtime_ns == before  # the views are written, the head is not projected again
+    assert (store_copy.path / "maps" / "pca-2d" / "L001-H002" / "grid.json").is_file()
+    assert thumbnail_path(store_copy.path, "pca", 2, 1, 2).stat().st_size > 500
+
     code, _, err = run_cli(
         "project", store_copy.path, "--method", "pca", "--layers", "1", "--heads", "2", "--seed", "5"
     )
