@@ -131,6 +131,26 @@ def test_approximate_search_agrees_with_exact(head_points, monkeypatch):
     np.testing.assert_allclose(placed[clear], expected[clear], rtol=1e-3, atol=1e-4)
 
 
+def test_placement_in_forked_processes_equals_one_process(head_points, monkeypatch):
+    pytest.importorskip("pynndescent")
+    if not placement_module._can_fork():
+        pytest.skip("one core here: placement runs in this process")
+    points, _ = head_points
+    sample, queries = points[:2000], points[2000:]
+    monkeypatch.setattr(placement_module, "EXACT_SEARCH_LIMIT", 0)
+    search = NeighborSearch(sample, len(queries))
+    embedding = np.random.default_rng(0).normal(size=(len(sample), 2)).astype(np.float32)
+    place = lambda chunk: place_by_neighbors(search, embedding, chunk)  # noqa: E731
+    items = [(i, queries[i * 700 : (i + 1) * 700] if i != 2 else None) for i in range(len(queries) // 700)]
+    results = {}
+    for parallel in (False, True):
+        with placement_module.placement_map(place, parallel) as placed:
+            results[parallel] = list(placed(items))
+    assert [meta for meta, _ in results[True]] == [meta for meta, _ in items]  # in order
+    for (_, one), (_, forked) in zip(results[False], results[True], strict=True):
+        assert (one is None and forked is None) or np.array_equal(one, forked)
+
+
 def test_placement_in_chunks_equals_one_pass(head_points, monkeypatch):
     from qkscale.project import run as run_module
 

@@ -4,13 +4,21 @@ PCA is linear, so its map is recovered exactly from the sample. UMAP and t-SNE h
 a point is put at the distance-weighted mean of its nearest sample points' coordinates, which is
 how umap-learn and openTSNE initialise their own ``transform`` (without their costly refinement).
 Neighbours are searched exactly with torch where that is cheap (small inputs, or on a GPU), and
-with pynndescent's approximate index on CPU for large ones.
+with pynndescent's approximate index on CPU for large ones. That index searches one thread per
+call (its parallel search is not reproducible), so chunks are searched in forked processes, one
+per core, each chunk by one call as in a single process: the coordinates are the same.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -99,3 +107,58 @@ def place_by_neighbors(
     weights = 1.0 / (distances.astype(np.float64) + 1e-12)
     weights /= weights.sum(axis=1, keepdims=True)
     return np.einsum("nk,nkd->nd", weights, sample_embedding[indices]).astype(np.float32)
+
+
+Meta = TypeVar("Meta")
+_PLACER: Callable[[np.ndarray], np.ndarray] | None = None  # what a forked placement process runs
+
+
+def _place_in_child(points: np.ndarray) -> np.ndarray:
+    return _PLACER(points)
+
+
+def _can_fork() -> bool:
+    """Forking is possible and worth it: several cores, Linux-like fork, not inside a daemon (a Dask worker)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return (
+        cores > 1 and "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+    )
+
+
+@contextmanager
+def placement_map(
+    place: Callable[[np.ndarray], np.ndarray], parallel: bool
+) -> Iterator[Callable[[Iterable[tuple[Meta, np.ndarray | None]]], Iterator[tuple[Meta, np.ndarray | None]]]]:
+    """``map(items)``: ``(meta, place(points))`` for each ``(meta, points)`` in order (None stays None).
+
+    With ``parallel`` (and a machine where it pays), chunks are placed in forked processes, one
+    per core, while this process reads the next chunks and writes the finished ones; at most two
+    chunks per process are in flight, so memory stays set by the chunk size.
+    """
+    global _PLACER
+    if not (parallel and _can_fork()):
+        yield lambda items: ((meta, None if points is None else place(points)) for meta, points in items)
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _PLACER = place
+    pool = ProcessPoolExecutor(max_workers=cores, mp_context=multiprocessing.get_context("fork"))
+
+    def ordered(items: Iterable[tuple[Meta, np.ndarray | None]]) -> Iterator[tuple[Meta, np.ndarray | None]]:
+        waiting: deque[tuple[Meta, Any]] = deque()
+        for meta, points in items:
+            waiting.append((meta, None if points is None else pool.submit(_place_in_child, points)))
+            while len(waiting) > 2 * cores:
+                yield _finished(waiting.popleft())
+        while waiting:
+            yield _finished(waiting.popleft())
+
+    try:
+        yield ordered
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _PLACER = None
+
+
+def _finished(item: tuple[Meta, Any]) -> tuple[Meta, np.ndarray | None]:
+    meta, future = item
+    return meta, None if future is None else future.result()

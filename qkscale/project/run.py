@@ -23,7 +23,14 @@ from qkscale.maps.build import MAPS, views_exist, write_views
 from qkscale.maps.thumbnail import THUMBNAILS
 from qkscale.options import api_signature, from_keywords
 from qkscale.project.base import MIN_POINTS, Backend
-from qkscale.project.placement import CHUNK_POINTS, NeighborSearch, chunks, linear_map, place_by_neighbors
+from qkscale.project.placement import (
+    CHUNK_POINTS,
+    NeighborSearch,
+    chunks,
+    linear_map,
+    place_by_neighbors,
+    placement_map,
+)
 from qkscale.project.registry import get_backend
 from qkscale.project.sampling import DocOrder, fit_points, subsample_trustworthiness, trust_points
 from qkscale.project.source import StoredPoints, store_doc_order, stored_head, unit_rows
@@ -164,40 +171,49 @@ def embed_points(
     fit_seconds = time.perf_counter() - started
 
     n_rest = n_points - len(fitted)
-    place, placement = None, "none (full fit)"
+    place, placement, parallel = None, "none (full fit)", False
     if n_rest and settings.method == "pca":
         place, placement = linear_map(sample, sample_embedding), "linear map"
     elif n_rest:
         search = NeighborSearch(sample, n_rest, device=backend.device, seed=settings.seed)
         place = lambda chunk: place_by_neighbors(search, sample_embedding, chunk)  # noqa: E731
         placement = f"{'exact' if search.exact else 'approximate'} nearest-neighbour interpolation"
+        parallel = not search.exact  # exact search (torch) and the linear map use every core already
     del sample
 
     coords = np.empty((n_points, settings.dims), np.float32) if sink is None else None
     trust_ids = trust_points(n_points)
     trust_x, trust_coords = [], []
-    for chunk in _halves_in_chunks(n_points, CHUNK_POINTS):
-        if n_rest:
-            report(f"placing {n_rest:,} points: {chunk.start / n_points:.0%}")
-        first, last = np.searchsorted(fitted, [chunk.start, chunk.stop])
-        out = np.empty((chunk.stop - chunk.start, settings.dims), np.float32)
-        in_sample = np.zeros(len(out), bool)
-        in_sample[fitted[first:last] - chunk.start] = True
-        out[fitted[first:last] - chunk.start] = sample_embedding[first:last]  # a row drawn twice: its last fit
-        t_first, t_last = np.searchsorted(trust_ids, [chunk.start, chunk.stop])
-        trusted = trust_ids[t_first:t_last] - chunk.start
-        if not in_sample.all() or len(trusted):
-            x = points[chunk]
-            if not in_sample.all():
-                out[~in_sample] = place(x[~in_sample])
-            trust_x.append(x[trusted])
-            trust_coords.append(out[trusted])
-        if not np.isfinite(out).all():
-            raise QKScaleError(f"{backend.name} returned non-finite coordinates")
-        if sink is None:
-            coords[chunk] = out
-        else:
-            sink(chunk, out)
+
+    def prepared():
+        """Each chunk with its fitted rows filled in, and the points still to place (or None)."""
+        for chunk in _halves_in_chunks(n_points, CHUNK_POINTS):
+            if n_rest:
+                report(f"placing {n_rest:,} points: {chunk.start / n_points:.0%}")
+            first, last = np.searchsorted(fitted, [chunk.start, chunk.stop])
+            out = np.empty((chunk.stop - chunk.start, settings.dims), np.float32)
+            in_sample = np.zeros(len(out), bool)
+            in_sample[fitted[first:last] - chunk.start] = True
+            out[fitted[first:last] - chunk.start] = sample_embedding[first:last]  # a row drawn twice: its last fit
+            t_first, t_last = np.searchsorted(trust_ids, [chunk.start, chunk.stop])
+            trusted = trust_ids[t_first:t_last] - chunk.start
+            x = points[chunk] if not in_sample.all() or len(trusted) else None
+            if x is not None:
+                trust_x.append(x[trusted])
+            yield (chunk, out, in_sample, trusted), (None if in_sample.all() else x[~in_sample])
+
+    with placement_map(place, parallel) as placed_chunks:
+        for (chunk, out, in_sample, trusted), placed in placed_chunks(prepared()):
+            if placed is not None:
+                out[~in_sample] = placed
+            if len(trusted):
+                trust_coords.append(out[trusted])
+            if not np.isfinite(out).all():
+                raise QKScaleError(f"{backend.name} returned non-finite coordinates")
+            if sink is None:
+                coords[chunk] = out
+            else:
+                sink(chunk, out)
     details = {
         "n_points": n_points,
         "n_fitted": len(fitted),
