@@ -1,7 +1,7 @@
 """The benchmark suite in one command: every figure beside its baseline, measured in the same run.
 
     python -m benchmarks --suite quick --out benchmarks/out/quick      # <= 10 minutes on 2 CPU cores
-    python -m benchmarks --suite full --store STORE --out benchmarks/out/full
+    python -m benchmarks --suite full --store STORE --out benchmarks/out/full       # adds the scale part
 
 Each part is a module of this package that also runs alone (``python -m benchmarks.rendering``,
 ...). The suite runs them one after another (never two at once: they would time each other),
@@ -49,15 +49,18 @@ def small_store(folder: Path) -> Path:
     return store.path
 
 
-def parts(args: argparse.Namespace, store: Callable[[], Path]) -> dict[str, Callable[[], list[str]]]:
-    """Each part's command-line arguments for this suite (a callable: the store is made on demand)."""
+def parts(args: argparse.Namespace, store: Callable[[], Path], work: Path) -> dict[str, Callable[[], list[str]]]:
+    """Each part's command-line arguments for this suite (a callable: the store is made on demand).
+
+    ``work``: a folder for what a part builds (the scale part's stores).
+    """
     quick = args.suite == "quick"
 
     def head() -> list[str]:
         """The store and the head (L3H0) that projection and dashboard measure."""
         return ["--store", str(store()), "--layer", "3", "--head", "0"]
 
-    return {
+    chosen = {
         "extraction": lambda: ["--docs", "200" if quick else "2000", "--repeats", "3", "--read-repeats", "3"],
         "jobs": lambda: ["--tokens", "20000" if quick else "200000", "--repeats", "1" if quick else "2"],
         "projection": lambda: [
@@ -89,7 +92,12 @@ def parts(args: argparse.Namespace, store: Callable[[], Path]) -> dict[str, Call
             "workflows/demo.yaml",
             *(["--limit-docs", "200", "--layers", "0", "--methods", "pca"] if quick else []),
         ],
+        # full only (about an hour on 2 cores): MiniLM layer-0 stores of 1M, 3M and 10M tokens
+        "scale": lambda: ["--sizes", "1e6,3e6,1e7", "--matrix-size", "1e6", "--work", str(work / "scale-work")],
     }
+    if quick:
+        del chosen["scale"]
+    return chosen
 
 
 def run_part(name: str, argv: list[str], out: Path) -> dict[str, Any]:
@@ -118,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return made[0]
 
     report = new_report(args.suite)
-    chosen = parts(args, store)
+    chosen = parts(args, store, out)
     if args.parts:
         chosen = {name: chosen[name] for name in args.parts.split(",")}
     started = time.perf_counter()

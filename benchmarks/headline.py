@@ -138,6 +138,24 @@ def normalisation(section: dict[str, Any]) -> Iterator[Row]:
     )
 
 
+def scale(section: dict[str, Any]) -> Iterator[Row]:
+    """Each stage at the largest size, with the exponents of its time and memory against the corpus."""
+    largest = max(section["sizes"].values(), key=lambda size: size["tokens"])
+    for name, stage in largest["stages"].items():
+        fit = section["exponents"].get(name, {})
+        exponents = ", ".join(
+            f"{label} ∝ N^{fit[key]:.2f}"
+            for key, label in (("seconds", "time"), ("peak_rss_mib", "memory"))
+            if fit.get(key) is not None
+        )
+        yield (
+            f"{name}, {largest['tokens']:,} tokens",
+            f"{_s(stage['seconds'])}, {stage['peak_rss_mib'] / 1024:.2f} GB peak" if stage["seconds"] else "—",
+            exponents or "—",
+            "—",
+        )
+
+
 def suite_rows(suite: dict[str, Any]) -> Iterator[Row]:
     parts: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
         "extraction": extraction,
@@ -146,6 +164,7 @@ def suite_rows(suite: dict[str, Any]) -> Iterator[Row]:
         "rendering": lambda r: rendering(r["sections"]["rendering"]),
         "dashboard": dashboard,
         "endtoend": lambda r: end_to_end(r["sections"]["end_to_end"]),
+        "scale": lambda r: scale(r["sections"]["scale"]),
     }
     for name, section in suite["sections"].items():
         if name in parts:
@@ -177,6 +196,9 @@ def markdown(rows: Sequence[Row]) -> str:
 
 
 def rows_of(report: dict[str, Any]) -> list[Row]:
+    """The rows of a suite, a GPU check or a scale benchmark's JSON."""
+    if report.get("suite") == "scale":
+        return list(scale(report["sections"]["scale"]))
     return list(gpu_rows(report) if report.get("suite") == "gpu" else suite_rows(report))
 
 

@@ -103,6 +103,9 @@ def test_scale_benchmark_fits_an_exponent_per_stage_and_plots(tmp_path):
     assert set(section["exponents"]) == set(stages.split(","))
     assert all(isinstance(e["seconds"], float) for e in section["exponents"].values())
     assert out.with_suffix(".png").stat().st_size > 1000
+    rows = headline.rows_of(json.loads(out.read_text()))
+    assert [row[0] for row in rows] == [f"{name}, {sizes['4000']['tokens']:,} tokens" for name in stages.split(",")]
+    assert all("time ∝ N^" in row[2] for row in rows)
 
 
 def test_exponent_of_a_power_law():

@@ -220,6 +220,11 @@ def test_sample_3d_is_bounded_and_stable(data, dashboard_store):
     assert np.array_equal(points.sample(("q",), limit=50), points.sample(("q",), limit=50))
     assert (points.sample(("k",), limit=50) >= points.n_tokens).all()
     assert len(points.sample(("q",), limit=10**9)) == dashboard_store.n_tokens
+    frame = data.sample_3d(points, ("k",))  # what the 3D view draws: axes, colouring columns, hover text
+    assert len(frame) == dashboard_store.n_tokens and (frame["kind"] == "k").all()
+    assert set(frame["token_kind"].cat.categories) >= {"special", "word"}
+    token = int(frame["token"].iat[7])
+    assert frame["hover"].iat[7] == f"{data.token_text(token)} (key)"
 
 
 # -- attention ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from qkscale.errors import StoreError
 from qkscale.maps.grid import Grid, Window
-from qkscale.maps.order import OrderedPoints, projection_extent
+from qkscale.maps.order import OrderedPoints, projection_extent, release_pages
 from qkscale.maps.pyramid import Pyramid
 from qkscale.maps.thumbnail import padded
 
@@ -75,6 +75,11 @@ class PointMap:
     @property
     def grid(self) -> Grid:
         return self.points.grid
+
+    def release(self) -> None:
+        """Drop the map's pages from this process after a redraw (see :func:`release_pages`)."""
+        tables = [table for level in self.pyramid.levels for table in level.values()]
+        release_pages(self.points.cells, *self.points.columns.values(), *tables)
 
     def column(self, name: str, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self.points.columns[name][rows])

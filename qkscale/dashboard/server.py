@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from pathlib import Path
 
+from qkscale.dashboard import single
 from qkscale.dashboard.data import DashboardData
 from qkscale.errors import OptionError
 
@@ -33,7 +35,7 @@ def serve(
 ) -> None:
     """Serve the dashboard of ``store`` until interrupted. Only the app is served: no file routes.
 
-    ``verbose`` logs the server-side time of every re-aggregation of the single-head view.
+    ``verbose`` logs the server-side time of every redraw of the single-head view.
     """
     import panel as pn
 
@@ -52,6 +54,8 @@ def serve(
         logger.setLevel(logging.INFO)
     print(f"qkscale: serving {data.store.path} at http://{address}:{port}/ (Ctrl-C to stop)", flush=True)
     load_extensions()  # once for the server, not per session
+    # numba compiles the zoomed-in aggregations in the background while the first page loads
+    threading.Thread(target=single.warm_up, name="qkscale-warm-up", daemon=True).start()
     pn.serve(
         {"/": lambda: Dashboard(data)},
         port=port,

@@ -156,16 +156,38 @@ def shade_view(points: PointMap, show, colouring: Colouring, x_range, y_range, w
     import datashader as ds
 
     window = view_window(points, x_range, y_range, width, height)
-    if window is not None:
-        return shade(pyramid_aggregate(points, window, show, colouring), colouring), points.representatives(
-            window, show
-        )
-    canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
-    reduction = ds.count_cat(colouring.column) if colouring.categorical else ds.mean(colouring.column)
-    frame = window_frame(points, x_range, y_range, show)
-    agg = canvas.points(frame, "x", "y", agg=ds.summary(colour=reduction, row=ds.max("row")))
-    rows = np.nan_to_num(agg["row"].to_numpy(), nan=-1).astype(np.int64)
-    return shade(agg["colour"], colouring), rows
+    try:
+        if window is not None:
+            image = shade(pyramid_aggregate(points, window, show, colouring), colouring)
+            return image, points.representatives(window, show)
+        canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
+        frame = window_frame(points, x_range, y_range, show)
+        agg = canvas.points(frame, "x", "y", agg=ds.summary(colour=_reduction(colouring), row=ds.max("row")))
+        rows = np.nan_to_num(agg["row"].to_numpy(), nan=-1).astype(np.int64)
+        return shade(agg["colour"], colouring), rows
+    finally:
+        points.release()
+
+
+def _reduction(colouring: Colouring):
+    import datashader as ds
+
+    return ds.count_cat(colouring.column) if colouring.categorical else ds.mean(colouring.column)
+
+
+def warm_up() -> None:
+    """Compile Datashader's aggregations of the zoomed-in path once (numba), so the first zoom is not the slow one."""
+    import datashader as ds
+
+    frame = pd.DataFrame({"x": np.zeros(4, np.float32), "y": np.zeros(4, np.float32), "row": np.arange(4)})
+    frame["kind"] = pd.Categorical.from_codes(np.array([0, 1, 0, 1], np.int8), list(KINDS))
+    for name, categories in CATEGORIES.items():
+        frame[name] = pd.Categorical.from_codes(np.zeros(4, np.int8), categories)
+    frame["rel_position"] = frame["norm"] = np.zeros(4, np.float32)
+    canvas = ds.Canvas(plot_width=8, plot_height=8, x_range=(-1, 1), y_range=(-1, 1))
+    for colouring in COLOURINGS.values():
+        agg = canvas.points(frame, "x", "y", agg=ds.summary(colour=_reduction(colouring), row=ds.max("row")))
+        shade(agg["colour"], colouring)
 
 
 def shade(agg, colouring: Colouring):

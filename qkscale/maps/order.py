@@ -55,10 +55,19 @@ class _MinMax:
         self.min, self.max = float(values.min()), float(values.max())
 
 
-def _release(column: np.memmap) -> None:
-    """Write a mapped column's dirty pages and drop them from this process (they stay in the page cache)."""
-    column.flush()
-    column._mmap.madvise(mmap.MADV_DONTNEED)  # noqa: SLF001 (numpy keeps the mmap object there)
+def release_pages(*arrays: np.ndarray) -> None:
+    """Write memory-mapped arrays' dirty pages and drop their pages from this process.
+
+    The pages stay in the page cache (the next read is a minor fault), so a pass over a mapped
+    file keeps this process's resident set at the chunk, not the file. Arrays in memory are left.
+    """
+    for array in arrays:
+        mapped = getattr(array, "_mmap", None)  # numpy keeps the mmap object there
+        if mapped is None:
+            continue
+        if array.flags.writeable:
+            array.flush()
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def order_points(
@@ -99,7 +108,7 @@ def order_points(
         cursor += np.bincount(keys, minlength=slots)
         for name, column in columns.items():
             column[positions] = values[name][order]
-            _release(column)
+            release_pages(column)
     for column in columns.values():
         column.flush()
     del columns

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from qkscale.maps.grid import Grid, Window, ranges
+from qkscale.maps.order import release_pages
 
 PYRAMID_CHUNK = 1 << 20  # ordered points counted at once
 Level = dict[str, np.ndarray]  # "keys" and one table per channel group
@@ -60,10 +61,10 @@ def base_level(
     chunk: int = PYRAMID_CHUNK,
 ) -> Level:
     """Occupied base cells and their tables, from points already in cell order."""
-    parts = [
-        _chunk_level(grid, columns, slice(start, start + chunk), counted, summed)
-        for start in range(0, len(columns["x"]), chunk)
-    ]
+    parts = []
+    for start in range(0, len(columns["x"]), chunk):
+        parts.append(_chunk_level(grid, columns, slice(start, start + chunk), counted, summed))
+        release_pages(*(columns[name] for name in ("x", "y", "kind", *counted, *summed)))
     return merge_cells({name: np.concatenate([p[name] for p in parts]) for name in parts[0]})
 
 
