@@ -137,17 +137,20 @@ def window_frame(points: PointMap, x_range, y_range, show: tuple[str, ...]) -> p
     """The shown points of every base cell the view touches, with their colouring columns and ordered row."""
     window = points.grid.snap(x_range, y_range, 1 << 30)  # level 0: the cells under the view
     rows = points.points.rows_in(window)
-    kind = points.column("kind", rows)
     if len(show) == 1:
-        keep = kind == KINDS.index(show[0])
-        rows, kind = rows[keep], kind[keep]
-    frame = pd.DataFrame({axis: points.column(axis, rows) for axis in ("x", "y")})
-    frame["kind"] = pd.Categorical.from_codes(kind.astype(np.int8), list(KINDS))
-    for name, categories in CATEGORIES.items():
-        frame[name] = pd.Categorical.from_codes(points.column(name, rows).astype(np.int8), categories)
+        rows = rows[points.column("kind", rows) == KINDS.index(show[0])]
+    names = ("x", "y", "kind", *CATEGORIES, "rel_position", "norm")
+    return points_frame({name: points.column(name, rows) for name in names}, rows)
+
+
+def points_frame(columns: dict[str, np.ndarray], rows: np.ndarray) -> pd.DataFrame:
+    """The frame Datashader aggregates, in one fixed layout (its compiled aggregations depend on it)."""
+    frame = pd.DataFrame({axis: np.asarray(columns[axis], np.float32) for axis in ("x", "y")})
+    for name, categories in {"kind": list(KINDS), **CATEGORIES}.items():
+        frame[name] = pd.Categorical.from_codes(np.asarray(columns[name]).astype(np.int8), categories)
     for name in ("rel_position", "norm"):
-        frame[name] = points.column(name, rows).astype(np.float32)
-    frame["row"] = rows
+        frame[name] = np.asarray(columns[name], np.float32)
+    frame["row"] = np.asarray(rows, np.int64)
     return frame
 
 
@@ -179,12 +182,11 @@ def warm_up() -> None:
     """Compile Datashader's aggregations of the zoomed-in path once (numba), so the first zoom is not the slow one."""
     import datashader as ds
 
-    frame = pd.DataFrame({"x": np.zeros(4, np.float32), "y": np.zeros(4, np.float32), "row": np.arange(4)})
-    frame["kind"] = pd.Categorical.from_codes(np.array([0, 1, 0, 1], np.int8), list(KINDS))
-    for name, categories in CATEGORIES.items():
-        frame[name] = pd.Categorical.from_codes(np.zeros(4, np.int8), categories)
-    frame["rel_position"] = frame["norm"] = np.zeros(4, np.float32)
-    canvas = ds.Canvas(plot_width=8, plot_height=8, x_range=(-1, 1), y_range=(-1, 1))
+    spread_out = np.linspace(-0.9, 0.9, 4, dtype=np.float32)  # isolated pixels: dynspread compiles its kernels too
+    zeros = np.zeros(4, np.uint8)
+    columns = {"x": spread_out, "y": spread_out, "kind": np.array([0, 1, 0, 1], np.uint8), "rel_position": spread_out}
+    frame = points_frame(columns | {name: zeros for name in CATEGORIES} | {"norm": spread_out}, np.arange(4))
+    canvas = ds.Canvas(plot_width=64, plot_height=64, x_range=(-1.0, 1.0), y_range=(-1.0, 1.0))
     for colouring in COLOURINGS.values():
         agg = canvas.points(frame, "x", "y", agg=ds.summary(colour=_reduction(colouring), row=ds.max("row")))
         shade(agg["colour"], colouring)
