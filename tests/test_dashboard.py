@@ -6,6 +6,7 @@ The Panel views without a browser live in test_dashboard_views.py, the real brow
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 import pandas as pd
@@ -307,3 +308,10 @@ def test_serve_rejects_bad_input(tmp_path, run_cli, dashboard_store):
     assert code == 2 and err.strip() == f"qkscale: error: store {tmp_path / 'nowhere'} does not exist"
     code, _, err = run_cli("serve", dashboard_store.path, "--port", "70000")
     assert code == 2 and "not a TCP port" in err and len(err.strip().splitlines()) == 1
+
+
+def test_warm_up_compiles_a_colouring_once():
+    single.warm_up("norm")
+    assert "norm" in single._warmed
+    single.warm_up_in_background("norm")  # already done: no thread
+    assert not [t for t in threading.enumerate() if t.name == "qkscale-warm-up-norm"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 from pathlib import Path
 
 from qkscale.dashboard import single
 from qkscale.dashboard.data import DashboardData
+from qkscale.dashboard.state import SessionState
 from qkscale.errors import OptionError
 
 DEFAULT_PORT = 5006
@@ -54,8 +54,7 @@ def serve(
         logger.setLevel(logging.INFO)
     print(f"qkscale: serving {data.store.path} at http://{address}:{port}/ (Ctrl-C to stop)", flush=True)
     load_extensions()  # once for the server, not per session
-    # numba compiles the zoomed-in aggregations in the background while the first page loads
-    threading.Thread(target=single.warm_up, name="qkscale-warm-up", daemon=True).start()
+    single.warm_up_in_background(SessionState.param.colour.default)  # numba compiles it while the first page loads
     pn.serve(
         {"/": lambda: Dashboard(data)},
         port=port,

@@ -11,6 +11,7 @@ cursor stops on it. 3D views use a sample of :meth:`HeadPoints.sample`, drawn by
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -178,18 +179,33 @@ def _reduction(colouring: Colouring):
     return ds.count_cat(colouring.column) if colouring.categorical else ds.mean(colouring.column)
 
 
-def warm_up() -> None:
-    """Compile Datashader's aggregations of the zoomed-in path once (numba), so the first zoom is not the slow one."""
+_warmed: set[str] = set()
+_warming = threading.Lock()
+
+
+def warm_up(label: str) -> None:
+    """Compile Datashader's zoomed-in aggregation of colouring ``label`` once (numba), so no zoom waits for it."""
     import datashader as ds
 
-    spread_out = np.linspace(-0.9, 0.9, 4, dtype=np.float32)  # isolated pixels: dynspread compiles its kernels too
-    zeros = np.zeros(4, np.uint8)
-    columns = {"x": spread_out, "y": spread_out, "kind": np.array([0, 1, 0, 1], np.uint8), "rel_position": spread_out}
-    frame = points_frame(columns | {name: zeros for name in CATEGORIES} | {"norm": spread_out}, np.arange(4))
-    canvas = ds.Canvas(plot_width=64, plot_height=64, x_range=(-1.0, 1.0), y_range=(-1.0, 1.0))
-    for colouring in COLOURINGS.values():
+    with _warming:
+        if label in _warmed:
+            return
+        spread_out = np.linspace(-0.9, 0.9, 4, dtype=np.float32)  # isolated pixels: dynspread compiles too
+        zeros = np.zeros(4, np.uint8)
+        columns = {"x": spread_out, "y": spread_out, "kind": np.array([0, 1, 0, 1], np.uint8)}
+        columns |= {name: zeros for name in CATEGORIES} | {"rel_position": spread_out, "norm": spread_out}
+        frame = points_frame(columns, np.arange(4))
+        canvas = ds.Canvas(plot_width=64, plot_height=64, x_range=(-1.0, 1.0), y_range=(-1.0, 1.0))
+        colouring = COLOURINGS[label]
         agg = canvas.points(frame, "x", "y", agg=ds.summary(colour=_reduction(colouring), row=ds.max("row")))
         shade(agg["colour"], colouring)
+        _warmed.add(label)
+
+
+def warm_up_in_background(label: str) -> None:
+    """:func:`warm_up` in a thread, unless done: the server does the default colouring, a view the one it shows."""
+    if label not in _warmed:
+        threading.Thread(target=warm_up, args=(label,), name=f"qkscale-warm-up-{label}", daemon=True).start()
 
 
 def shade(agg, colouring: Colouring):

@@ -90,6 +90,7 @@ class SingleHeadView(View):
             served = pn.state.curdoc is not None and pn.state.curdoc.session_context is not None
             pane = pn.pane.HTML(single.figure_page(figure, served), css_classes=["qk-embedding-3d"])
             return pn.Column(_title(points, len(frame)), pane)
+        single.warm_up_in_background(colouring.label)  # before the first zoom of this colouring
         embedding = single.embedding_2d(points, show, colouring, lambda row: self.data.hover(points, row))
         matches = redrawn_on(
             lambda: single.match_points(points, self.search.match_ids(), show), self.search, ["matches"]
