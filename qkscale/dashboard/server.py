@@ -25,6 +25,14 @@ def prepare(store: str | Path) -> DashboardData:
     return data
 
 
+def _session(data: DashboardData):
+    """One browser session's dashboard; the first also has numba compile the default colouring's zoom meanwhile."""
+    from qkscale.dashboard.app import Dashboard
+
+    single.warm_up_in_background(SessionState.param.colour.default)  # after the port opened, not before
+    return Dashboard(data)
+
+
 def serve(
     store: str | Path,
     port: int = DEFAULT_PORT,
@@ -39,7 +47,7 @@ def serve(
     """
     import panel as pn
 
-    from qkscale.dashboard.app import Dashboard, load_extensions
+    from qkscale.dashboard.app import load_extensions
 
     if not 0 < port < 65536:
         raise OptionError(f"--port {port} is not a TCP port (1-65535)")
@@ -54,9 +62,8 @@ def serve(
         logger.setLevel(logging.INFO)
     print(f"qkscale: serving {data.store.path} at http://{address}:{port}/ (Ctrl-C to stop)", flush=True)
     load_extensions()  # once for the server, not per session
-    single.warm_up_in_background(SessionState.param.colour.default)  # numba compiles it while the first page loads
     pn.serve(
-        {"/": lambda: Dashboard(data)},
+        {"/": lambda: _session(data)},
         port=port,
         address=address,
         websocket_origin=origins,
