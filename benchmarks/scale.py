@@ -83,16 +83,19 @@ def qkscale(*args: str) -> list[str]:
     return [sys.executable, "-m", "qkscale.cli", *args]
 
 
+def extract(store: Path, corpus: Path, tokens: int, *options: str) -> dict[str, float]:
+    """Time the extraction of the first ``tokens`` tokens of ``corpus`` into a new ``store``."""
+    shutil.rmtree(store, ignore_errors=True)
+    return timed(
+        qkscale("extract", "--corpus", str(corpus), "--max-tokens", str(tokens), *options, "--out", str(store))
+    )
+
+
 def cli_stages(store: Path, corpus: Path, tokens: int, stages: set[str]) -> dict[str, Any]:
     """Extract layer 0 into ``store`` (unless resuming), then time metrics and the projections of L0H0."""
     found: dict[str, Any] = {}
     if "extract" in stages:
-        shutil.rmtree(store, ignore_errors=True)
-        found["extract"] = timed(
-            qkscale(
-                "extract", "--corpus", str(corpus), "--max-tokens", str(tokens), "--layers", "0", "--out", str(store)
-            )
-        )
+        found["extract"] = extract(store, corpus, tokens, "--layers", "0")
     if "metrics" in stages:
         found["metrics"] = timed(qkscale("metrics", str(store), "--force"))
     for method in ("pca", "umap"):
@@ -107,10 +110,7 @@ def matrix_store(store: Path, corpus: Path, tokens: int, keep: bool) -> dict[str
     """Every layer at ``tokens``, every head projected by PCA, served: the cold matrix of all heads."""
     found: dict[str, Any] = {}
     if not (keep and (store / "manifest.json").is_file()):
-        shutil.rmtree(store, ignore_errors=True)
-        found["extract, every layer"] = timed(
-            qkscale("extract", "--corpus", str(corpus), "--max-tokens", str(tokens), "--out", str(store))
-        )
+        found["extract, every layer"] = extract(store, corpus, tokens)
     found["project pca, every head"] = timed(qkscale("project", str(store), "--method", "pca"))
     found["project umap"] = timed(qkscale("project", str(store), "--method", "umap", "--layers", "0", "--heads", "0"))
     found |= dashboard_stages(store, store.parent)

@@ -20,7 +20,7 @@ from qkscale.errors import StoreError
 from qkscale.maps.attributes import CATEGORIES, PointAttributes
 from qkscale.maps.build import map_path
 from qkscale.store import Store, open_store
-from qkscale.store.kinds import TOKEN_KINDS, VocabularyClasses
+from qkscale.store.kinds import TOKEN_KINDS
 from qkscale.store.projections import projection_path
 
 HEADS_KEPT = 8  # heads' maps kept open (memory-mapped: cheap)
@@ -44,10 +44,6 @@ class DashboardData:
     @functools.cached_property
     def vocabulary(self) -> np.ndarray:
         return self.store.vocabulary
-
-    @functools.cached_property
-    def classes(self) -> VocabularyClasses:
-        return VocabularyClasses.of(self.vocabulary)
 
     def token_texts(self, tokens: np.ndarray) -> np.ndarray:
         """The text of each of ``tokens`` (increasing ids), read one shard at a time."""
@@ -118,9 +114,8 @@ class DashboardData:
 
     def hover(self, points: HeadPoints, row: int) -> dict:
         """The hover columns of the point at ordered row ``row`` of ``points``' map."""
-        picked = np.array([row])
-        kind = KINDS[int(points.map.column("kind", picked)[0])]
-        return {"kind": kind, **self.token_info(int(points.map.column("token", picked)[0]))}
+        token, kind = points.map.point(row)
+        return {"kind": kind, **self.token_info(token)}
 
     def sample_3d(self, points: HeadPoints, show: tuple[str, ...]) -> pd.DataFrame:
         """A sample of the shown points with their axes, colouring columns and hover text."""
@@ -151,7 +146,9 @@ class DashboardData:
         codes = self.store.token_codes(rows)
         frame["token"] = self.vocabulary[codes]
         patch_row = frame["patch_row"].to_numpy() if "patch_row" in frame else None
-        kinds = self.classes.kinds(codes, frame["position"].to_numpy(), frame["is_special"].to_numpy(), patch_row)
+        kinds = self.store.vocabulary_classes.kinds(
+            codes, frame["position"].to_numpy(), frame["is_special"].to_numpy(), patch_row
+        )
         frame["token_kind"] = pd.Categorical.from_codes(kinds, TOKEN_KINDS)
         frame["id"] = np.arange(rows.start, rows.stop)
         return frame

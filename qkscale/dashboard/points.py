@@ -84,11 +84,9 @@ class PointMap:
     def column(self, name: str, rows: np.ndarray) -> np.ndarray:
         return np.asarray(self.points.columns[name][rows])
 
-    def count_in(self, window: Window) -> int:
-        """How many points the base cells under a level-0 ``window`` hold."""
-        size, cells = self.grid.size, self.points.cells
-        rows = np.arange(window.j0, window.j1) * size
-        return int((np.asarray(cells[rows + window.i1]) - np.asarray(cells[rows + window.i0])).sum())
+    def point(self, row: int) -> tuple[int, str]:
+        """The token and kind ('q'/'k') of the point at ordered row ``row``."""
+        return int(self.points.columns["token"][row]), KINDS[int(self.points.columns["kind"][row])]
 
     def representatives(self, window: Window, show: tuple[str, ...]) -> np.ndarray:
         """``[height, width]`` ordered row of one shown point in each cell of ``window`` (-1 where none).

@@ -105,7 +105,7 @@ def view_window(points: PointMap, x_range, y_range, width: int, height: int) -> 
     grid = points.grid
     window = grid.snap(x_range, y_range, max(width, height))
     pixel = max(x_range[1] - x_range[0], y_range[1] - y_range[0]) / max(width, height)
-    if window.level == 0 and pixel < grid.cell and points.count_in(window) <= MAX_WINDOW_POINTS:
+    if window.level == 0 and pixel < grid.cell and points.points.count_in(window) <= MAX_WINDOW_POINTS:
         return None
     return window
 
@@ -147,7 +147,7 @@ def window_frame(points: PointMap, x_range, y_range, show: tuple[str, ...]) -> p
 def points_frame(columns: dict[str, np.ndarray], rows: np.ndarray) -> pd.DataFrame:
     """The frame Datashader aggregates, in one fixed layout (its compiled aggregations depend on it)."""
     frame = pd.DataFrame({axis: np.asarray(columns[axis], np.float32) for axis in ("x", "y")})
-    for name, categories in {"kind": list(KINDS), **CATEGORIES}.items():
+    for name, categories in CATEGORY_NAMES.items():
         frame[name] = pd.Categorical.from_codes(np.asarray(columns[name]).astype(np.int8), categories)
     for name in ("rel_position", "norm"):
         frame[name] = np.asarray(columns[name], np.float32)

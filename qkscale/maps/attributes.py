@@ -6,12 +6,10 @@ and the head's vectors, so memory is set by the chunk and the shard, never by th
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from qkscale.store import Store
-from qkscale.store.kinds import TOKEN_KINDS, VocabularyClasses
+from qkscale.store.kinds import TOKEN_KINDS
 
 DOC_COLOURS = 10  # documents coloured by number modulo this
 ATTRIBUTES = {"token_kind": np.uint8, "doc_colour": np.uint8, "rel_position": np.float16, "norm": np.float32}
@@ -24,10 +22,6 @@ class PointAttributes:
 
     def __init__(self, store: Store, layer: int, head: int):
         self.store, self.layer, self.head = store, layer, head
-
-    @functools.cached_property
-    def classes(self) -> VocabularyClasses:
-        return VocabularyClasses.of(self.store.vocabulary)
 
     def __call__(self, token: np.ndarray, kind: np.ndarray) -> dict[str, np.ndarray]:
         out = {name: np.empty(len(token), dtype) for name, dtype in ATTRIBUTES.items()}
@@ -44,7 +38,7 @@ class PointAttributes:
         names = [*_TOKEN_COLUMNS, *(["patch_row"] if "patch_row" in store.token_schema.names else [])]
         table = store.token_columns(names, rows)
         column = {name: table.column(name).to_numpy() for name in names}
-        kinds = self.classes.kinds(
+        kinds = store.vocabulary_classes.kinds(
             store.token_codes(rows), column["position"], column["is_special"], column.get("patch_row")
         )
         return {

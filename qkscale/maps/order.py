@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from qkscale.maps.grid import Grid, Window, ranges
+from qkscale.store.projections import key_flags
 
 GRID_SIZE = 1024  # base cells a side
 CHUNK_POINTS = 1 << 20  # points read and scattered at once
@@ -120,12 +121,11 @@ def order_points(
 def _chunks(file: pq.ParquetFile, chunk: int, attributes: Attributes | None):
     """The projection's points, ``chunk`` at a time: x, y, token, kind (0/1) and the extra attributes."""
     for batch in file.iter_batches(chunk, columns=["token", "kind", "x", "y"]):
-        kind = batch.column("kind")
         values = {
             "x": batch.column("x").to_numpy(),
             "y": batch.column("y").to_numpy(),
             "token": batch.column("token").to_numpy(),
-            "kind": (np.asarray(kind.dictionary.to_pylist())[kind.indices.to_numpy()] == "k").astype(np.uint8),
+            "kind": key_flags(batch.column("kind")),
         }
         if attributes is not None:
             values |= attributes(values["token"], values["kind"])
@@ -148,12 +148,21 @@ class OrderedPoints:
     def __len__(self) -> int:
         return int(self.cells[-1])
 
-    def rows_in(self, window: Window) -> np.ndarray:
-        """The rows of every point whose cell lies in ``window`` (increasing)."""
+    def _bounds(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """First and end row of the window's points on each base row it covers."""
         size, level = self.grid.size, window.level
         i0, i1 = window.i0 << level, min(window.i1 << level, size)
         rows = np.arange(window.j0 << level, min(window.j1 << level, size))
-        return ranges(np.asarray(self.cells[rows * size + i0]), np.asarray(self.cells[rows * size + i1]))
+        return np.asarray(self.cells[rows * size + i0]), np.asarray(self.cells[rows * size + i1])
+
+    def rows_in(self, window: Window) -> np.ndarray:
+        """The rows of every point whose cell lies in ``window`` (increasing)."""
+        return ranges(*self._bounds(window))
+
+    def count_in(self, window: Window) -> int:
+        """How many points the window's cells hold."""
+        first, last = self._bounds(window)
+        return int((last - first).sum())
 
 
 def _is_column(path: Path) -> bool:

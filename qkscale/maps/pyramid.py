@@ -124,10 +124,6 @@ class Pyramid:
         ]
         return cls(grid, levels)
 
-    def points_in(self, window: Window) -> int:
-        """How many points the window's cells hold."""
-        return int(self.window(window).sum())
-
     def window(self, window: Window, table: str = "kind") -> np.ndarray:
         """``[height, width, channels]`` of ``table`` over the window's cells (row 0 at the lowest y)."""
         level = self.levels[window.level]

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from qkscale.maps.order import projection_extent
 from qkscale.store.files import temp_sibling
-from qkscale.store.projections import projection_key
+from qkscale.store.projections import key_flags, projection_key
 
 THUMBNAILS = "thumbnails"
 THUMBNAIL_PIXELS = 112  # about the size a tile is drawn at (12 heads across)
@@ -47,8 +47,7 @@ def render_projection(projection: Path, pixels: int = THUMBNAIL_PIXELS) -> bytes
     ranges = [padded(low[axis], high[axis]) for axis in (0, 1)]
     counts = np.zeros(2 * pixels * pixels, np.int64)
     for batch in file.iter_batches(columns=["x", "y", "kind"]):
-        kind = batch.column("kind")
-        is_key = np.asarray(kind.dictionary.to_pylist())[kind.indices.to_numpy()] == "k"
+        is_key = key_flags(batch.column("kind"))
         i, j = (_bins(batch.column(axis).to_numpy(), *ranges[n], pixels) for n, axis in enumerate(("x", "y")))
         counts += np.bincount((j * pixels + i) * 2 + is_key, minlength=len(counts))
     centres = [lo + (np.arange(pixels) + 0.5) * (hi - lo) / pixels for lo, hi in ranges]

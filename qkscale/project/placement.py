@@ -117,11 +117,16 @@ def _place_in_child(points: np.ndarray) -> np.ndarray:
     return _PLACER(points)
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _can_fork() -> bool:
     """Forking is possible and worth it: several cores, Linux-like fork, not inside a daemon (a Dask worker)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return (
-        cores > 1 and "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+        _cores() > 1
+        and "fork" in multiprocessing.get_all_start_methods()
+        and not multiprocessing.current_process().daemon
     )
 
 
@@ -139,7 +144,7 @@ def placement_map(
     if not (parallel and _can_fork()):
         yield lambda items: ((meta, None if points is None else place(points)) for meta, points in items)
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = _cores()
     _PLACER = place
     pool = ProcessPoolExecutor(max_workers=cores, mp_context=multiprocessing.get_context("fork"))
 

@@ -38,6 +38,11 @@ def projection_path(root: Path, method: str, dims: int, layer: int, head: int) -
     return root / PROJECTIONS / projection_key(method, dims) / f"L{layer:03d}-H{head:03d}.parquet"
 
 
+def key_flags(kind: pa.DictionaryArray) -> np.ndarray:
+    """A projection's ``kind`` column (dictionary-encoded 'q'/'k') as ``uint8``: 0 query, 1 key."""
+    return (np.asarray(kind.dictionary.to_pylist())[kind.indices.to_numpy()] == "k").astype(np.uint8)
+
+
 class ProjectionWriter:
     """Writes one head's projection chunk by chunk (a Parquet row group each), then renames it into place."""
 

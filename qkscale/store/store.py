@@ -19,6 +19,7 @@ from qkscale.errors import StoreError
 from qkscale.selection import format_selection
 from qkscale.store import layout, metrics_files, projections
 from qkscale.store.files import remove_temps, write_json_atomic, write_parquet_atomic
+from qkscale.store.kinds import VocabularyClasses
 from qkscale.store.shards import Piece, ShardIndex, build_index, read_shard_columns, read_vectors, read_vectors_at
 
 _THUMBNAIL = "thumbnail"
@@ -151,6 +152,11 @@ class Store:
         if path.is_file():
             return pq.read_table(path).column("token").to_numpy(zero_copy_only=False)
         return derive_vocabulary(self)
+
+    @functools.cached_property
+    def vocabulary_classes(self) -> VocabularyClasses:
+        """Which vocabulary entries are punctuation and word continuations (for token kinds)."""
+        return VocabularyClasses.of(self.vocabulary)
 
     @functools.cached_property
     def _vocabulary_array(self) -> pa.Array:

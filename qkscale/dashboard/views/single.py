@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import panel as pn
 import param
 
 from qkscale.dashboard import single
 from qkscale.dashboard.data import DashboardData
-from qkscale.dashboard.points import KINDS, HeadPoints
+from qkscale.dashboard.points import HeadPoints
 from qkscale.dashboard.state import SessionState
 from qkscale.dashboard.views.attention import attention_controls
 from qkscale.dashboard.views.base import View, button, guarded, lazy, on_tap, plot, redrawn_on
@@ -117,8 +116,7 @@ class SingleHeadView(View):
 
     def select_point(self, points: HeadPoints, row: int) -> None:
         """Select the token of ordered point ``row`` of the head's map (as a query or a key) and show its document."""
-        token = int(points.map.column("token", np.array([row]))[0])
-        kind = KINDS[int(points.map.column("kind", np.array([row]))[0])]
+        token, kind = points.map.point(row)
         self.state.param.update(token=token, token_kind=kind, doc=self.data.doc_of(token))
 
 
