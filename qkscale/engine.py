@@ -10,6 +10,7 @@ and the Python API); the Dask executor (:mod:`qkscale.jobs.executor`) runs them 
 policy is the same for both: a unit that raises is tried :data:`ATTEMPTS` times, then the stage
 stops with one line naming the unit (``shard 12 (documents 3072-3327) failed 3 times: ...``),
 pending units are cancelled (their temps are removed by the next start); one tqdm bar; one summary line.
+While a stage runs, this process holds the store's writer lock (:mod:`qkscale.store.lock`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from qkscale.errors import QKScaleError
 from qkscale.store.files import remove_temps
+from qkscale.store.lock import writer_lock
 
 ATTEMPTS = 3  # tries of a unit before its stage stops
 
@@ -81,6 +84,10 @@ class Stage(ABC):
     def temp_folders(self) -> list:
         """Folders where this stage's units write temps (removed when the stage starts: none is running then)."""
         return []
+
+    @abstractmethod
+    def store_path(self) -> Path:
+        """The store this stage writes: :func:`run_stage` holds its writer lock while the stage runs."""
 
     @abstractmethod
     def units(self) -> list[Hashable]:
@@ -277,7 +284,13 @@ def run_stage(
 
     ``on_result(unit, result, tally)`` is called in this process as each unit is done.
     """
-    executor = executor or SerialExecutor()
+    with writer_lock(stage.store_path(), f"qkscale {stage.name}"):
+        return _run_locked(stage, executor or SerialExecutor(), progress, on_result)
+
+
+def _run_locked(
+    stage: Stage, executor: Executor, progress: bool, on_result: Callable[[Hashable, Any, Tally], None] | None
+) -> StageRun:
     stage.start()
     total, initial = stage.work_total()
     with _bar(stage, total, initial, progress) as bar:

@@ -48,6 +48,8 @@ from qkscale.options import api_signature, from_keywords
 from qkscale.selection import parse_selection
 from qkscale.stage_options import DEFAULT_MODEL, ExtractOptions
 from qkscale.store import ShardWriter, Store, create_store, finish_store, layout, read_manifest
+from qkscale.store.files import TEMP
+from qkscale.store.lock import LOCK
 
 # Fields of the manifest that must match for an existing store to be resumed.
 _IDENTITY = ("model", "layers", "heads", "corpus", "options")  # heads: only when not all
@@ -178,7 +180,7 @@ def _check_out_is_usable(out: Path) -> None:
         raise StoreError(f"--out {out} exists and is not a qkscale store")
     # A job writes its job.json first; an interrupted writer leaves temps: neither makes it a store.
     leftovers_only = (
-        all(p.name.startswith(".tmp-") or p.name == layout.JOB for p in out.iterdir()) if out.is_dir() else True
+        all(p.name.startswith(TEMP) or p.name in (layout.JOB, LOCK) for p in out.iterdir()) if out.is_dir() else True
     )
     if not leftovers_only and read_manifest(out) is None:
         raise StoreError(f"--out {out} exists and is not a qkscale store (choose a new or empty folder)")
@@ -291,6 +293,9 @@ class ExtractStage(Stage):
 
     def temp_folders(self) -> list[Path]:
         return [self.plan.out, self.plan.out / layout.SHARDS]
+
+    def store_path(self) -> Path:
+        return self.plan.out
 
     def units(self) -> list[int]:
         store = Store(self.plan.out)

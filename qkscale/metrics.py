@@ -219,6 +219,9 @@ class MetricsStage(Stage):
     def temp_folders(self) -> list[Path]:
         return [self.store.path]  # what an interrupted run left behind
 
+    def store_path(self) -> Path:
+        return self.store.path
+
     def units(self) -> list[int]:
         return self.store.committed_shards()
 

@@ -66,6 +66,7 @@ def test_killed_extract_resumes_to_identical_store(tmp_path, run_cli):
     resumed = _extract(out, corpus)
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr
+    assert "warning: taking over the lock" in stderr, "the killed writer's lock is taken over"
     store = qkscale.open_store(out)
     assert store.complete and store.manifest["complete"]
     assert not list((out / layout.SHARDS).glob(".tmp-*")), "temp folders of the killed run are cleaned up"

@@ -20,6 +20,7 @@ from qkscale.maps.grid import Grid, Window
 from qkscale.maps.order import OrderedPoints, projection_extent, release_pages
 from qkscale.maps.pyramid import Pyramid
 from qkscale.maps.thumbnail import padded
+from qkscale.store.files import reading
 
 KINDS = ("q", "k")
 MARGIN = 0.03  # of the extent, around the points of a head
@@ -161,8 +162,11 @@ class HeadPoints:
     def load(
         cls, projection: Path, map_folder: Path | None, layer: int, head: int, method: str, dims: int
     ) -> HeadPoints:
-        rows = ProjectionRows(projection)
-        low, high = projection_extent(rows.file)
+        with reading(projection):
+            rows = ProjectionRows(projection)
+            low, high = projection_extent(rows.file)
+        with reading(map_folder or projection):
+            point_map = PointMap.load(map_folder) if map_folder is not None else None
         return cls(
             layer,
             head,
@@ -170,7 +174,7 @@ class HeadPoints:
             dims,
             len(rows) // 2,
             rows,
-            PointMap.load(map_folder) if map_folder is not None else None,
+            point_map,
             padded(low[0], high[0], MARGIN),
             padded(low[1], high[1], MARGIN),
         )

@@ -7,6 +7,7 @@ right even when the coordinator is gone.
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,12 +30,25 @@ def now() -> str:
 
 
 def read_job(store: str | Path) -> dict[str, Any] | None:
-    import json
-
+    """The job record of ``store``, or None if it has none or it cannot be read (it will be rewritten)."""
     try:
-        return json.loads((Path(store) / JOB_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return load_job(store)
+    except JobError:
         return None
+
+
+def load_job(store: str | Path) -> dict[str, Any] | None:
+    """The job record of ``store``, None if it has none; a one-line JobError if it is damaged."""
+    path = Path(store) / JOB_FILE
+    try:
+        job = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise JobError(f"job record {path} is unreadable: {str(exc).splitlines()[0]}") from None
+    if not isinstance(job, dict) or not isinstance(job.get("state"), str):
+        raise JobError(f"job record {path} is unreadable: not a qkscale job record")
+    return job
 
 
 def check_owner(out: Path, spec: JobSpec) -> None:

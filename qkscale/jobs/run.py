@@ -25,6 +25,7 @@ from qkscale.jobs.record import JobError, JobRecord, check_owner, read_job
 from qkscale.jobs.spec import JobSpec
 from qkscale.metrics import plan_metrics
 from qkscale.project.run import plan_projection
+from qkscale.store.lock import check_unlocked, writer_lock
 
 SUBMIT_WAIT = 120  # seconds `submit` waits for a worker to start the job
 
@@ -109,12 +110,28 @@ def run_job(
     scheduler: str,
     progress: bool = False,
     plan: ExtractionPlan | None = None,
+    command: str = "qkscale run",
 ) -> JobSummary:
-    """The coordinator: every stage of ``spec`` as tasks on ``cluster``; ``job.json`` follows it."""
+    """The coordinator: every stage of ``spec`` as tasks on ``cluster``; ``job.json`` follows it.
+
+    It holds the store's writer lock (as ``command``, for job ``job_id``) from start to end.
+    """
     started = time.perf_counter()
     plan = plan or plan_job(spec, out, _workers_device(spec, cluster))
+    with writer_lock(plan.out, command, job=job_id):  # the stages' tasks write under the coordinator's lock
+        return _coordinate(spec, plan, DaskExecutor(cluster), job_id, scheduler, progress, started)
+
+
+def _coordinate(
+    spec: JobSpec,
+    plan: ExtractionPlan,
+    executor: DaskExecutor,
+    job_id: str,
+    scheduler: str,
+    progress: bool,
+    started: float,
+) -> JobSummary:
     record = JobRecord(plan.out, spec, job_id, scheduler)
-    executor = DaskExecutor(cluster)
     tokens = heads = 0
 
     def stage(stage: Stage, on_result: Callable[[Any, Any, Tally], None] | None = None):
@@ -167,7 +184,7 @@ def run_job_task(spec: JobSpec, out: str, job_id: str, scheduler: str) -> str:
     from distributed import worker_client
 
     with worker_client() as client:
-        return run_job(spec, Cluster.of(client), Path(out), job_id, scheduler).format()
+        return run_job(spec, Cluster.of(client), Path(out), job_id, scheduler, command="qkscale submit").format()
 
 
 def submit(spec: JobSpec, scheduler: str, out: str | Path | None = None) -> tuple[str, Path]:
@@ -179,6 +196,7 @@ def submit(spec: JobSpec, scheduler: str, out: str | Path | None = None) -> tupl
     out = spec.store_path(out).resolve()
     with connect(scheduler) as cluster:
         plan_job(spec, out, _workers_device(spec, cluster))  # fail here, not later inside the cluster
+        check_unlocked(out)
         job_id = new_job_id(spec)
         JobRecord(out, spec, job_id, scheduler, state="submitted")
         future = cluster.client.submit(

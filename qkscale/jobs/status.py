@@ -1,4 +1,8 @@
-"""`qkscale status`: where a job stands, from its record and from what its store holds on disk."""
+"""`qkscale status`: where a job stands, from its record and from what its store holds on disk.
+
+A job whose record says ``running`` while nobody holds the store's writer lock (or its holder is
+gone: a dead pid, or a heartbeat that stopped) is reported ``stalled``.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from qkscale.errors import StoreError
-from qkscale.jobs.record import read_job
+from qkscale.jobs.record import load_job
 from qkscale.store import Store, read_manifest
+from qkscale.store.lock import holder_gone, read_lock
+
+STALLED_HINT = "its coordinator is gone; submit (or run) the same spec again to resume it"
 
 
 def job_status(store_path: str | Path) -> dict[str, Any]:
     """The job's record, with shard and head counts recounted from the store itself."""
     path = Path(store_path)
-    job = read_job(path)
+    job = load_job(path)
     if job is None:
         raise StoreError(f"{path} holds no job (no job.json): `qkscale run` or `qkscale submit` make one")
     status = {key: job.get(key) for key in ("job_id", "name", "state", "scheduler", "started", "updated", "wall_s")}
@@ -23,6 +30,10 @@ def job_status(store_path: str | Path) -> dict[str, Any]:
         heads_total=job.get("heads_total"),
         summary=job.get("summary"),
     )
+    if status["state"] == "running":
+        holder = read_lock(path)
+        if holder is None or holder_gone(holder):  # a coordinator that runs holds the store's lock
+            status.update(state="stalled", hint=STALLED_HINT)
     manifest = read_manifest(path)
     if manifest is None:
         return {**status, "shards_done": 0, "shards_total": None, "heads_done": 0}
@@ -51,6 +62,8 @@ def format_status(s: dict[str, Any]) -> str:
     ]
     if s.get("wall_s") is not None:
         rows.append(("wall time", f"{s['wall_s']:,.1f} s"))
+    if s.get("hint"):
+        rows.append(("hint", s["hint"]))
     for failure in s["failures"]:
         rows.append(("failure", f"{failure['at']}: {failure['message']}"))
     return "\n".join(f"{name:<10} {value}" for name, value in rows)

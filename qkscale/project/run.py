@@ -334,6 +334,9 @@ class ProjectStage(Stage):
             for folder in (PROJECTIONS, MAPS, THUMBNAILS)
         ]
 
+    def store_path(self) -> Path:
+        return self.store.path
+
     def describe(self, unit: Unit) -> str:
         method, dims, layer, head = unit
         return f"head L{layer}H{head} {projection_key(method, dims)}"

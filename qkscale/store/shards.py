@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from qkscale.errors import StoreError
 from qkscale.store import layout
+from qkscale.store.files import reading
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,8 @@ def read_vectors(root: Path, index: ShardIndex, column: str, rows: slice, head_d
     for piece in index.pieces(rows):
         batches = index.batch_starts[piece.position]
         first = int(np.searchsorted(batches, piece.local.start, side="right")) - 1
-        with pa.memory_map(str(layout.shard_dir(root, piece.shard) / layout.VECTORS)) as source:
+        path = layout.shard_dir(root, piece.shard) / layout.VECTORS
+        with reading(path), pa.memory_map(str(path)) as source:
             reader = ipc.open_file(source)
             for b in range(first, len(batches) - 1):
                 low, high = int(batches[b]), int(batches[b + 1])
@@ -157,7 +159,7 @@ def read_vectors_at(root: Path, index: ShardIndex, column: str, ids: np.ndarray,
         batches = index.batch_starts[position]
         batch_of = np.searchsorted(batches, local, side="right") - 1
         path = layout.shard_dir(root, int(index.shards[position])) / layout.VECTORS
-        with pa.memory_map(str(path)) as source:
+        with reading(path), pa.memory_map(str(path)) as source:
             reader = ipc.open_file(source)
             for b in np.unique(batch_of).tolist():
                 chosen = np.flatnonzero(batch_of == b)

@@ -18,8 +18,9 @@ from qkscale.attention import attention_weights
 from qkscale.errors import StoreError
 from qkscale.selection import format_selection
 from qkscale.store import layout, metrics_files, projections
-from qkscale.store.files import remove_temps, write_json_atomic, write_parquet_atomic
+from qkscale.store.files import reading, remove_temps, write_json_atomic, write_parquet_atomic
 from qkscale.store.kinds import VocabularyClasses
+from qkscale.store.manifest import check_manifest
 from qkscale.store.shards import Piece, ShardIndex, build_index, read_shard_columns, read_vectors, read_vectors_at
 
 _THUMBNAIL = "thumbnail"
@@ -34,15 +35,27 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) and manifest.get("format") == layout.FORMAT else None
 
 
+def load_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the store at ``path``, checked (:func:`check_manifest`); a one-line StoreError if bad."""
+    file = path / layout.MANIFEST
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreError(f"{path} is not a qkscale store (no {layout.MANIFEST})") from None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{file} cannot be read: {str(exc).splitlines()[0]}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != layout.FORMAT:
+        raise StoreError(f"{path} is not a qkscale store ({layout.MANIFEST} is not a qkscale manifest)")
+    check_manifest(path, manifest)
+    return manifest
+
+
 class Store:
     """A qkscale store on disk. Token ids are row numbers of :attr:`tokens`, everywhere."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        manifest = read_manifest(self.path)
-        if manifest is None:
-            raise StoreError(f"{path} is not a qkscale store (no valid {layout.MANIFEST})")
-        self.manifest: dict[str, Any] = manifest
+        self.manifest: dict[str, Any] = load_manifest(self.path)
 
     def __reduce__(self) -> tuple:
         return Store, (str(self.path),)  # a store travels as its path: what was read stays behind
@@ -96,7 +109,9 @@ class Store:
         return (layout.shard_dir(self.path, shard) / layout.SHARD_INFO).is_file()
 
     def shard_info(self, shard: int) -> dict[str, int]:
-        return json.loads((layout.shard_dir(self.path, shard) / layout.SHARD_INFO).read_text())
+        path = layout.shard_dir(self.path, shard) / layout.SHARD_INFO
+        with reading(path):
+            return json.loads(path.read_text())
 
     @property
     def complete(self) -> bool:
@@ -136,7 +151,9 @@ class Store:
     @functools.cached_property
     def token_schema(self) -> pa.Schema:
         """The token table's columns and types (read from one shard's footer)."""
-        return pq.read_schema(layout.shard_dir(self.path, self._all_shards()[0]) / layout.TOKENS)
+        path = layout.shard_dir(self.path, self._all_shards()[0]) / layout.TOKENS
+        with reading(path):
+            return pq.read_schema(path)
 
     def token_column(self, name: str, rows: slice = slice(None)) -> np.ndarray:
         """One token-table column over ``rows`` as a numpy array (strings as an object array)."""
@@ -150,7 +167,8 @@ class Store:
         """Every distinct token string of the store, sorted (an object array; written by :func:`finish_store`)."""
         path = self.path / layout.VOCABULARY
         if path.is_file():
-            return pq.read_table(path).column("token").to_numpy(zero_copy_only=False)
+            with reading(path):
+                return pq.read_table(path).column("token").to_numpy(zero_copy_only=False)
         return derive_vocabulary(self)
 
     @functools.cached_property
@@ -178,7 +196,11 @@ class Store:
         A convenience for small stores: it holds every token string in memory. Large stores are
         read with :meth:`token_columns`, :meth:`token_column` and :meth:`doc_rows`.
         """
-        tables = [pq.read_table(layout.shard_dir(self.path, s) / layout.TOKENS) for s in self._all_shards()]
+        tables = []
+        for shard in self._all_shards():
+            path = layout.shard_dir(self.path, shard) / layout.TOKENS
+            with reading(path):
+                tables.append(pq.read_table(path))
         return pa.concat_tables(tables).to_pandas()
 
     @property
@@ -186,7 +208,9 @@ class Store:
         """One row per document: doc, text, n_tokens, truncated (indexed by doc); a convenience for small stores."""
         tables = []
         for shard in self._all_shards():
-            table = pq.read_table(layout.shard_dir(self.path, shard) / layout.DOCS)
+            path = layout.shard_dir(self.path, shard) / layout.DOCS
+            with reading(path):
+                table = pq.read_table(path)
             tables.append(table.drop_columns([c for c in (_THUMBNAIL,) if c in table.column_names]))
         return pa.concat_tables(tables).to_pandas().set_index("doc", drop=False)
 
@@ -201,7 +225,9 @@ class Store:
         position = self.shard_index.position_of_doc(doc)
         if position is not None:
             shard = int(self.shard_index.shards[position])
-            names = pq.read_schema(layout.shard_dir(self.path, shard) / layout.DOCS).names
+            path = layout.shard_dir(self.path, shard) / layout.DOCS
+            with reading(path):
+                names = pq.read_schema(path).names
             table = self._shard_table(layout.DOCS, shard, tuple(c for c in names if c != _THUMBNAIL))
             where = np.flatnonzero(table.column("doc").to_numpy() == doc)
             if len(where):
@@ -229,7 +255,8 @@ class Store:
         position = self.shard_index.position_of_doc(doc)
         if position is not None:
             path = layout.shard_dir(self.path, int(self.shard_index.shards[position])) / layout.DOCS
-            table = pq.read_table(path, columns=["doc", _THUMBNAIL], filters=[("doc", "=", doc)])
+            with reading(path):
+                table = pq.read_table(path, columns=["doc", _THUMBNAIL], filters=[("doc", "=", doc)])
             if table.num_rows:
                 return table.column(_THUMBNAIL)[0].as_py()
         raise StoreError(f"document {doc} is not in store {self.path}")
@@ -316,7 +343,9 @@ class Store:
     def _metrics_file(self, name: str) -> pd.DataFrame:
         if not self.has_metrics:
             raise StoreError(f"store {self.path} has no head metrics yet; run `qkscale metrics {self.path}`")
-        return metrics_files.read_metrics(self.path, name)
+        path = self.path / metrics_files.METRICS / name
+        with reading(path):
+            return metrics_files.read_metrics(self.path, name)
 
     @property
     def metrics(self) -> pd.DataFrame:
@@ -337,11 +366,14 @@ class Store:
     def projection(self, layer: int, head: int, method: str = "umap", dims: int = 2) -> pd.DataFrame:
         """One head's joint projection: ``token`` (row id), ``kind`` ('q'|'k'), ``x``, ``y`` (``z``)."""
         path = self._projection_path(layer, head, method, dims)
-        return projections.read_projection(path)
+        with reading(path):
+            return projections.read_projection(path)
 
     def projection_record(self, layer: int, head: int, method: str = "umap", dims: int = 2) -> dict[str, Any]:
         """How a projection was made: settings, backend, library, trustworthiness, seconds."""
-        return projections.read_record(self._projection_path(layer, head, method, dims))
+        path = self._projection_path(layer, head, method, dims)
+        with reading(path):
+            return projections.read_record(path)
 
     def projections(self) -> dict[str, list[tuple[int, int]]]:
         """Which heads have which projections: ``{'umap-2d': [(layer, head), ...]}``."""
