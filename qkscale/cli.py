@@ -86,6 +86,57 @@ def metrics(
     typer.echo(format_metrics(compute_metrics(store, force=force), top=top))
 
 
+@app.command()
+def verify(
+    store: Annotated[Path, typer.Argument(help="Store folder to check.")],
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Set damaged parts aside and make them again (extract, project, metrics).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the problems as JSON.")] = False,
+) -> None:
+    """Check every shard, projection, map, thumbnail and metrics file and the manifest; exit 1 on any problem."""
+    from qkscale.verify import repair_store, verify_store
+
+    if not store.is_dir():
+        raise typer.BadParameter(f"store {store} does not exist", param_hint="STORE")
+    problems = verify_store(store, progress=not as_json)
+    if problems and repair:
+        out = sys.stderr if as_json else sys.stdout  # --json keeps stdout for the JSON
+
+        def log(line: str) -> None:
+            print(f"repair: {line}", file=out, flush=True)
+
+        repair_store(store, problems, progress=not as_json, log=log)
+        left = verify_store(store, progress=False)
+    else:
+        left = problems
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "store": str(store),
+                    "problems": [p.as_dict() for p in problems],
+                    "left": [p.as_dict() for p in left] if repair else None,
+                },
+                indent=2,
+            )
+        )
+    else:
+        for problem in left if repair else problems:
+            typer.echo(problem.line())
+        typer.echo(_verdict(problems, left, repair))
+    if left:
+        raise typer.Exit(1)
+
+
+def _verdict(problems: list, left: list, repair: bool) -> str:
+    if not problems:
+        return "store is sound: no problems found"
+    if repair and not left:
+        return f"repaired {len(problems)} problem(s): the store is sound"
+    return f"{len(left)} problem(s)" + ("" if repair else "; `qkscale verify --repair` repairs them")
+
+
 _SCHEDULER_HELP = "local (worker processes here), local-cuda (one worker per GPU) or a tcp://host:port scheduler."
 
 
@@ -168,6 +219,8 @@ def main() -> None:
             code = app(standalone_mode=False)  # Click turns Ctrl-C into the return value 130
             if code == INTERRUPTED:
                 raise KeyboardInterrupt
+            if isinstance(code, int) and code:
+                sys.exit(code)  # a verb's typer.Exit(code), returned rather than raised
         except QKScaleError as exc:
             print(f"qkscale: error: {exc}", file=sys.stderr)
             sys.exit(2)

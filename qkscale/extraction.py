@@ -48,8 +48,10 @@ from qkscale.options import api_signature, from_keywords
 from qkscale.selection import parse_selection
 from qkscale.stage_options import DEFAULT_MODEL, ExtractOptions
 from qkscale.store import ShardWriter, Store, create_store, finish_store, layout, read_manifest
+from qkscale.store.damaged import set_aside, uncommitted_shard_folders
 from qkscale.store.files import TEMP
 from qkscale.store.lock import LOCK
+from qkscale.store.manifest import missing_shards
 
 # Fields of the manifest that must match for an existing store to be resumed.
 _IDENTITY = ("model", "layers", "heads", "corpus", "options")  # heads: only when not all
@@ -290,6 +292,14 @@ class ExtractStage(Stage):
 
     def start(self) -> None:
         start_store(self.plan)
+        for shard in uncommitted_shard_folders(self.plan.out, self.plan.n_shards):
+            aside = set_aside(self.plan.out, layout.shard_dir(self.plan.out, shard))
+            warnings.warn(
+                f"shard {shard} has no {layout.SHARD_INFO}: set aside as {aside.relative_to(self.plan.out)}, "
+                "extracting it again",
+                QKScaleWarning,
+                stacklevel=2,
+            )
 
     def temp_folders(self) -> list[Path]:
         return [self.plan.out, self.plan.out / layout.SHARDS]
@@ -363,7 +373,7 @@ def extract(
     """
     plan = plan_extraction(model, corpus, out, **options)
     existing = read_manifest(plan.out)
-    if existing is not None and existing["complete"]:
+    if existing is not None and existing["complete"] and not missing_shards(plan.out, existing):
         return Store(plan.out)  # same settings (checked by the plan) and nothing left to do
     return run_stage(ExtractStage(plan), progress=progress).value
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qkscale.store.files import commit_dir, temp_sibling
+from qkscale.store.files import commit_dir, reading, temp_sibling
 
 METRICS = "metrics"
 HEADS = "heads.parquet"
@@ -59,4 +59,5 @@ def write_metrics(
 
 
 def read_metrics(root: Path, name: str) -> pd.DataFrame:
-    return pd.read_parquet(root / METRICS / name)
+    with reading(root / METRICS / name):
+        return pd.read_parquet(root / METRICS / name)

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qkscale.store.files import fsync_path, temp_sibling
+from qkscale.store.files import fsync_path, reading, temp_sibling
 
 PROJECTIONS = "projections"
 _RECORD_KEY = b"qkscale"
@@ -89,13 +89,15 @@ class ProjectionWriter:
 
 
 def read_projection(path: Path) -> pd.DataFrame:
-    return pq.read_table(path).to_pandas()
+    with reading(path):
+        return pq.read_table(path).to_pandas()
 
 
 def read_record(path: Path) -> dict[str, Any]:
     """How the projection at ``path`` was made (its schema metadata), without reading its data."""
-    metadata = pq.read_metadata(path).metadata or {}
-    return json.loads(metadata.get(_RECORD_KEY, b"{}"))
+    with reading(path):
+        metadata = pq.read_metadata(path).metadata or {}
+        return json.loads(metadata.get(_RECORD_KEY, b"{}"))
 
 
 def list_projections(root: Path) -> dict[str, list[tuple[int, int]]]:

@@ -95,14 +95,13 @@ def build_index(root: Path, shards: Sequence[int]) -> ShardIndex:
     for shard in shards:
         folder = layout.shard_dir(root, shard)
         name = folder.relative_to(root)
-        try:
+        with reading(folder / layout.SHARD_INFO):
             info = json.loads((folder / layout.SHARD_INFO).read_text(encoding="utf-8"))
+        with reading(folder / layout.TOKENS):
             token_rows = pq.read_metadata(folder / layout.TOKENS).num_rows
-            with pa.memory_map(str(folder / layout.VECTORS)) as source:
-                reader = ipc.open_file(source)
-                batch_rows = [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
-        except (OSError, ValueError, KeyError, pa.ArrowException) as exc:
-            raise StoreError(f"shard {name} cannot be read: {str(exc).splitlines()[0]}") from None
+        with reading(folder / layout.VECTORS), pa.memory_map(str(folder / layout.VECTORS)) as source:
+            reader = ipc.open_file(source)
+            batch_rows = [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
         vector_rows = sum(batch_rows)
         if not token_rows == vector_rows == info.get("n_tokens"):
             raise StoreError(

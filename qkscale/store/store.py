@@ -20,7 +20,7 @@ from qkscale.selection import format_selection
 from qkscale.store import layout, metrics_files, projections
 from qkscale.store.files import reading, remove_temps, write_json_atomic, write_parquet_atomic
 from qkscale.store.kinds import VocabularyClasses
-from qkscale.store.manifest import check_manifest
+from qkscale.store.manifest import check_manifest, missing_shards
 from qkscale.store.shards import Piece, ShardIndex, build_index, read_shard_columns, read_vectors, read_vectors_at
 
 _THUMBNAIL = "thumbnail"
@@ -343,9 +343,7 @@ class Store:
     def _metrics_file(self, name: str) -> pd.DataFrame:
         if not self.has_metrics:
             raise StoreError(f"store {self.path} has no head metrics yet; run `qkscale metrics {self.path}`")
-        path = self.path / metrics_files.METRICS / name
-        with reading(path):
-            return metrics_files.read_metrics(self.path, name)
+        return metrics_files.read_metrics(self.path, name)
 
     @property
     def metrics(self) -> pd.DataFrame:
@@ -365,15 +363,11 @@ class Store:
     # -- projections ---------------------------------------------------------------------------
     def projection(self, layer: int, head: int, method: str = "umap", dims: int = 2) -> pd.DataFrame:
         """One head's joint projection: ``token`` (row id), ``kind`` ('q'|'k'), ``x``, ``y`` (``z``)."""
-        path = self._projection_path(layer, head, method, dims)
-        with reading(path):
-            return projections.read_projection(path)
+        return projections.read_projection(self._projection_path(layer, head, method, dims))
 
     def projection_record(self, layer: int, head: int, method: str = "umap", dims: int = 2) -> dict[str, Any]:
         """How a projection was made: settings, backend, library, trustworthiness, seconds."""
-        path = self._projection_path(layer, head, method, dims)
-        with reading(path):
-            return projections.read_record(path)
+        return projections.read_record(self._projection_path(layer, head, method, dims))
 
     def projections(self) -> dict[str, list[tuple[int, int]]]:
         """Which heads have which projections: ``{'umap-2d': [(layer, head), ...]}``."""
@@ -402,6 +396,8 @@ def create_store(path: Path, fields: dict[str, Any]) -> Store:
     existing = read_manifest(path)
     path.mkdir(parents=True, exist_ok=True)
     remove_temps(path)
+    if existing is not None and existing.get("complete") is True and missing_shards(path, existing):
+        write_json_atomic(path / layout.MANIFEST, {**existing, "complete": False})  # a resume redoes them
     if existing is None:
         manifest = {"format": layout.FORMAT, "format_version": layout.FORMAT_VERSION, **fields, "complete": False}
         write_json_atomic(path / layout.MANIFEST, manifest)
