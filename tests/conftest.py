@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -249,3 +254,62 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on."""
+    return _free_port()
+
+
+def start_dask(local_directory: Path) -> tuple[str, list[subprocess.Popen]]:
+    """A separately started `dask scheduler` and `dask worker` (2 processes) on 127.0.0.1: address, processes."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).parent / "dask")
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env, "start_new_session": True}
+    scheduler = subprocess.Popen(
+        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], **quiet
+    )
+    workers = subprocess.Popen(
+        [dask, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard", "--local-directory",
+         str(local_directory)],
+        **quiet,
+    )  # fmt: skip
+    return address, [workers, scheduler]
+
+
+def kill_dask(processes: list[subprocess.Popen]) -> None:
+    """SIGKILL the scheduler, the worker and every process they started (each has its own session)."""
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def stop_dask(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def dask_processes(tmp_path):
+    """The address of a `dask scheduler` with a `dask worker` of 2 processes, started for the test."""
+    address, processes = start_dask(tmp_path / "dask")
+    try:
+        yield address
+    finally:
+        stop_dask(processes)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -186,54 +185,6 @@ def _tiny_vit(folder: Path) -> Path:
     return folder
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def dask_processes(tmp_path):
-    """A separately started `dask scheduler` and `dask worker` (2 processes) on 127.0.0.1."""
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    dask = str(Path(sys.executable).parent / "dask")
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    scheduler = subprocess.Popen(
-        [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    workers = subprocess.Popen(
-        [
-            dask,
-            "worker",
-            address,
-            "--nworkers",
-            "2",
-            "--nthreads",
-            "1",
-            "--no-dashboard",
-            "--local-directory",
-            str(tmp_path / "dask"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    try:
-        yield address
-    finally:
-        for process in (workers, scheduler):
-            process.terminate()
-        for process in (workers, scheduler):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
 def test_submit_then_status_until_done(tmp_path, single_store, dask_processes, run_cli):
     spec_file = _write(tmp_path / "job.yaml", _spec("submitted", tmp_path / "s"))
     _wait_for(lambda: _answers(dask_processes), timeout=60, interval=0.5)
@@ -300,8 +251,8 @@ def test_spec_that_is_not_yaml(tmp_path, run_cli):
     assert code == 2 and err.startswith(f"qkscale: error: job spec {tmp_path / 'bad.yaml'} is not valid YAML")
 
 
-def test_unreachable_scheduler(tmp_path, run_cli):
-    address = f"tcp://127.0.0.1:{_free_port()}"
+def test_unreachable_scheduler(tmp_path, run_cli, unused_port):
+    address = f"tcp://127.0.0.1:{unused_port}"
     spec_file = _write(tmp_path / "job.yaml", _spec("unreachable", tmp_path / "s"))
     started = time.monotonic()
     code, _, err = run_cli("submit", spec_file, "--scheduler", address)

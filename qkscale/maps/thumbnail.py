@@ -70,5 +70,9 @@ def write_thumbnail(projection: Path, target: Path) -> None:
     """Render the thumbnail of ``projection`` and put it at ``target`` atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_sibling(target)
-    temp.write_bytes(render_projection(projection))
-    temp.replace(target)
+    try:
+        temp.write_bytes(render_projection(projection))
+        temp.replace(target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise

@@ -75,12 +75,16 @@ def temp_owner_gone(temp: Path, stale_s: float) -> bool:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temp file, flush it to disk, then rename it over ``path``."""
     temp = temp_sibling(path)
-    with temp.open("w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    try:
+        with temp.open("w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)  # a full disk leaves no half-written temp behind
+        raise
 
 
 def write_parquet_atomic(path: Path, table: pa.Table, **options: Any) -> None:
