@@ -118,8 +118,6 @@ def fit_normalization(pairs: Pairs, translate: bool = True, scale: bool = True) 
         c = float(np.sqrt(key_norm / query_norm)) if query_norm > 0 and key_norm > 0 else 1.0
     else:
         c = _solve_translated_scale(pairs, n, mu_q, mu_k, query_norm, xp)
-    if not _usable_scale(c):  # a degenerate head (norms at or near zero): leave it unscaled
-        c = 1.0
     shift = tuple(float(v) for v in (c * mu_q - mu_k / c).tolist()) if translate else ()
     return JointNormalization(
         scale=c,
@@ -128,12 +126,6 @@ def fit_normalization(pairs: Pairs, translate: bool = True, scale: bool = True) 
         key_centroid_norm=float(xp.linalg.norm(mu_k)),
         shift=shift,
     )
-
-
-def _usable_scale(c: float) -> bool:
-    """True if ``c`` and ``1/c`` are positive and finite in float32 (the precision they are applied in)."""
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        return bool(c > 0 and np.isfinite(np.float32(c)) and np.isfinite(np.float32(1.0 / c)))
 
 
 def _solve_translated_scale(pairs: Pairs, n: int, mu_q: Any, mu_k: Any, target: float, xp: ModuleType) -> float:

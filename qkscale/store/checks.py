@@ -17,8 +17,9 @@ def first_non_finite(values: np.ndarray) -> int | None:
     One float64 sum decides (finite float16/float32 values cannot overflow it; NaN and infinities
     carry through it); only then are the rows searched.
     """
-    if np.isfinite(values.sum(dtype=np.float64)):
-        return None
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN: non-finite all the same
+        if np.isfinite(values.sum(dtype=np.float64)):
+            return None
     bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     return int(np.argmax(bad))
 
