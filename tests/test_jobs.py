@@ -477,8 +477,9 @@ def test_a_store_made_by_an_earlier_job_still_belongs_to_its_spec():
 
     demo = load_spec(Path(__file__).parent.parent / "workflows" / "demo.yaml")
     assert demo.fingerprint() == "48b531e314d754e4"
-    changed = parse_spec({**demo.as_dict(), "extract": {**demo.as_dict()["extract"], "bucket": False}})
-    assert changed.fingerprint() != demo.fingerprint()  # a newer option, once set, counts
+    for newer in ({"bucket": False}, {"store_dtype": "float32"}):
+        changed = parse_spec({**demo.as_dict(), "extract": {**demo.as_dict()["extract"], **newer}})
+        assert changed.fingerprint() != demo.fingerprint()  # a newer option, once set, counts
 
 
 def test_a_local_cluster_leaves_this_process_environment_alone():
