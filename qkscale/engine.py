@@ -7,8 +7,9 @@ results to ``finish`` (combine, finalize). Each unit is one atomic commit, so a 
 
 Executors: :class:`SerialExecutor` runs units one after another in this process (the CLI verbs
 and the Python API); the Dask executor (:mod:`qkscale.jobs.executor`) runs them as tasks. The
-policy is the same for both: a unit that raises is tried :data:`ATTEMPTS` times, then the stage
-stops with one line naming the unit (``shard 12 (documents 3072-3327) failed 3 times: ...``),
+policy is the same for both: a unit that raises is tried :data:`ATTEMPTS` times (once if it raised
+a :class:`QKScaleError`: bad input fails the same way every time), then the stage stops with one
+line naming the unit (``shard 12 (documents 3072-3327) failed 3 times: ...``),
 pending units are cancelled (their temps are removed by the next start); one tqdm bar; one summary line.
 While a stage runs, this process holds the store's writer lock (:mod:`qkscale.store.lock`).
 """
@@ -252,6 +253,8 @@ class _Policy:
     def failed(self, session: Session, unit: Hashable, error: BaseException) -> None:
         """Try ``unit`` again, or stop the stage naming it."""
         self.progress.undo()
+        if isinstance(error, QKScaleError):  # bad input or a damaged store: another try would fail the same way
+            raise StageError(f"{self.stage.describe(unit)} failed: {type(error).__name__}: {error}") from error
         if self.attempts[unit] < ATTEMPTS:
             self.attempts[unit] += 1
             session.submit(unit, self.attempts[unit])

@@ -17,6 +17,10 @@ class StoreError(QKScaleError):
     """The store is missing, incomplete, foreign or asked for something it does not hold."""
 
 
+class NonFiniteError(QKScaleError):
+    """Vectors hold NaN or infinity, or a value that overflows the store's dtype; the message says where."""
+
+
 class OptionError(QKScaleError):
     """An option has a value that cannot be used."""
 

@@ -47,14 +47,16 @@ from qkscale.models.text_inputs import TextInputs
 from qkscale.options import api_signature, from_keywords
 from qkscale.selection import parse_selection
 from qkscale.stage_options import DEFAULT_MODEL, ExtractOptions
-from qkscale.store import ShardWriter, Store, create_store, finish_store, layout, read_manifest
+from qkscale.store import ShardWriter, Store, create_store, dtypes, finish_store, layout, read_manifest
 from qkscale.store.damaged import set_aside, uncommitted_shard_folders
 from qkscale.store.files import TEMP
 from qkscale.store.lock import LOCK
 from qkscale.store.manifest import missing_shards
 
 # Fields of the manifest that must match for an existing store to be resumed.
-_IDENTITY = ("model", "layers", "heads", "corpus", "options")  # heads: only when not all
+_IDENTITY = ("model", "layers", "heads", "store_dtype", "corpus", "options")  # heads: only when not all
+# What a manifest written before a field existed means by its absence.
+_ABSENT = {"store_dtype": dtypes.DEFAULT}
 # Options that change the stored rows (batches decide the row order within a shard).
 _ROW_OPTIONS = ("max_length", "docs_per_shard", "limit_docs", "max_tokens", "batch_size", "bucket", "dtype")
 
@@ -139,6 +141,7 @@ def plan_extraction(
         "model": info.as_dict(),
         "layers": layers,
         **({"heads": heads} if len(heads) < info.n_heads else {}),
+        "store_dtype": chosen.store_dtype,
         "corpus": source.describe(),
         "options": {**row_options, "limit_docs": limit_docs, "dtype": dtype},
     }
@@ -194,7 +197,7 @@ def _check_resumable(out: Path, identity: dict[str, Any]) -> None:
     if manifest is None:
         return
     for key in _IDENTITY:
-        theirs, ours = manifest.get(key), identity.get(key)
+        theirs, ours = manifest.get(key, _ABSENT.get(key)), identity.get(key)
         if theirs == ours:
             continue
         if isinstance(theirs, dict) and isinstance(ours, dict):
@@ -221,7 +224,10 @@ class LoadedModel:
         model = load_model(plan.info.source, plan.device, plan.dtype)
         info = plan.info
         inputs = load_inputs(info.source, plan.family, plan.options.max_length, getattr(torch, plan.dtype))
-        capture = QKCapture(model, plan.family, plan.layers, info.n_heads, info.head_dim, info.n_kv_heads)
+        capture = QKCapture(
+            model, plan.family, plan.layers, info.n_heads, info.head_dim, info.n_kv_heads, plan.heads,
+            plan.options.store_dtype,
+        )  # fmt: skip
         return cls(model, inputs, capture, plan.device)
 
 
@@ -254,14 +260,15 @@ def extract_shard(
     info = plan.info
     writer = ShardWriter(
         plan.out, shard, plan.layers, info.n_heads, info.head_dim, info.n_kv_heads, loaded.inputs.token_schema,
-        heads=plan.heads,
+        heads=plan.heads, dtype=plan.options.store_dtype,
     )  # fmt: skip
     try:
         for batch in loaded.inputs.batches(docs, plan.options.batch_size, plan.options.bucket):
             batch = batch.to(loaded.device)
             loaded.capture.run(loaded.model, **batch.inputs)
-            queries, keys = loaded.capture.gathered(batch.real)
-            writer.add_documents(batch.documents())
+            documents = batch.documents()
+            queries, keys = loaded.capture.gathered(batch.real, [document["doc"] for document in documents])
+            writer.add_documents(documents)
             writer.write_batch(batch.token_rows(), queries, keys)
             if on_batch is not None:
                 on_batch(batch.n_docs, int(batch.real.sum()))

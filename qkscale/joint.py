@@ -4,6 +4,10 @@ Queries are scaled by ``c`` and keys by ``1/c`` (``q·k`` is unchanged), then th
 translated so that their centroid lands on the query centroid (each query's scores shift by one
 constant, which softmax ignores). ``c`` is chosen so that, after the translation, the mean query
 norm equals the mean key norm. Attention is the same before and after.
+
+It never makes a NaN: a NaN or an infinity among the vectors is a
+:class:`~qkscale.errors.NonFiniteError`, and a degenerate head (zero norms, all queries or all
+keys alike) keeps ``c = 1``.
 """
 
 from __future__ import annotations
@@ -15,8 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from qkscale.errors import NonFiniteError
+
 # Newton's method from the right converges quadratically; this only bounds a pathological case.
 _NEWTON_STEPS = 100
+# Queries whose mean norm exceeds their centroid's by less than this (relative) are alike: the
+# excess is float32 rounding of the norms, and the scale solved from it would be noise.
+_ALIKE = 1e-6
 
 
 def array_module(array: Any) -> ModuleType:
@@ -99,6 +108,8 @@ def fit_normalization(pairs: Pairs, translate: bool = True, scale: bool = True) 
         n += len(q)
     if not n:
         raise ValueError("queries and keys must be non-empty arrays of one shape")
+    if not all(bool(xp.isfinite(total).all()) for total in sums):  # NaN and infinities carry through the sums
+        raise NonFiniteError("queries or keys hold NaN or infinite values: they have no joint normalisation")
     mu_q, mu_k = sums[0] / n, sums[1] / n
     query_norm, key_norm = float(sums[2]) / n, float(sums[3]) / n
     if not scale:
@@ -136,7 +147,7 @@ def _solve_translated_scale(pairs: Pairs, n: int, mu_q: Any, mu_k: Any, target: 
             slope += float(((2.0 * a * u + b) / (2.0 * root)).sum())
         return total / n, slope / n, largest
 
-    if target <= np.sqrt(m):  # all queries alike
+    if target <= np.sqrt(m) * (1.0 + _ALIKE):  # all queries alike (to rounding)
         return 1.0
     spread, _, largest = passes(None)
     if largest == 0.0:  # all keys alike

@@ -20,6 +20,7 @@ from qkscale.attention import attention_weights
 from qkscale.engine import QUIET, Progress, Stage, run_stage
 from qkscale.errors import StoreError
 from qkscale.store import Store, open_store
+from qkscale.store.checks import check_finite, verify_hint
 from qkscale.store.metrics_files import write_metrics
 
 # Relative offsets j - i from -OFFSET_RADIUS to +OFFSET_RADIUS get a bin each; the two outer bins
@@ -162,9 +163,13 @@ def shard_sums(store: Store, shard: int) -> HeadSums:
     special = columns["is_special"].to_numpy(zero_copy_only=False)
     heads = store.heads
     sums = HeadSums.create(len(store.layers), len(heads), store.head_dim)
+    hint = verify_hint(store.path)
     for index, layer in enumerate(store.layers):
         q = np.stack([store.queries(layer, h, rows) for h in heads])
         k = np.stack([store.keys(layer, h, rows) for h in heads])
+        for h, head_q, head_k in zip(heads, q, k, strict=True):
+            check_finite(head_q, f"head L{layer}H{h} (queries)", rows.start, hint)
+            check_finite(head_k, f"head L{layer}H{h} (keys)", rows.start, hint)
         scale, window = store.score_scale(layer), store.attention_window(layer)
         for length in np.unique(lengths):
             same = starts[lengths == length]

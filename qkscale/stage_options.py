@@ -14,6 +14,7 @@ METHODS = ("umap", "tsne", "pca")
 DIMS = (2, 3)
 DISTANCES = ("cosine", "euclidean")
 DEFAULT_SAMPLE = 20_000
+STORE_DTYPES = ("float16", "bfloat16", "float32")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,12 @@ class ExtractOptions:
     docs_per_shard: int = option(256, "Documents per shard: one task and one atomic commit.", min=1, section="sampling")
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     dtype: str = option("auto", "auto (float32 on CPU, float16 on CUDA), float32, float16 or bfloat16.")
+    store_dtype: str = option(
+        "float16",
+        "How vectors are stored: float16 (half the disk; a value beyond +-65504 is an error), bfloat16 "
+        "(float32's range, 3 significant digits) or float32 (exact, twice the disk).",
+        choices=STORE_DTYPES,
+    )
     bucket: bool = option(True, "Batch documents of similar length together (fewer padded tokens).")
     q_module: str | None = option(None, "Generic adapter: query projection path with {layer}, e.g. layers.{layer}.q.")
     k_module: str | None = option(None, "Generic adapter: key projection path with {layer}.")

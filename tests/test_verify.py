@@ -196,6 +196,7 @@ BAD_FIELDS = {
     "layers": lambda m: m.update(layers=[0, 9]),
     "attention_window": lambda m: m.update(attention_window=[None]),
     "model.head_dim": lambda m: m["model"].update(head_dim="32"),
+    "store_dtype": lambda m: m.update(store_dtype="float64"),
 }
 
 

@@ -103,7 +103,7 @@ _EXTRACT_SECTION = {
     for name in names
 }
 _LATER_OPTIONS = {
-    "extract": {"heads", "bucket", "q_module", "k_module", "n_heads", "head_dim", "causal"},
+    "extract": {"heads", "bucket", "q_module", "k_module", "n_heads", "head_dim", "causal", "store_dtype"},
     "projection": {"translate", "scale"},
 }
 _TOP_OWN = tuple(sections(_JobFields)[None])

@@ -9,13 +9,23 @@ PyTorch's SDPA attention exactly as the model would.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from qkscale.errors import ModelError, NonFiniteError
 from qkscale.models.families import Family
+from qkscale.store.layout import stored_heads
+
+
+def _to_numpy(values: torch.Tensor) -> np.ndarray:
+    """A gathered tensor on the CPU as numpy (bfloat16, which numpy lacks, as its ``uint16`` bits)."""
+    if values.dtype == torch.bfloat16:
+        return values.view(torch.int16).cpu().numpy().view(np.uint16)
+    return values.cpu().numpy()
 
 
 class _StopForward(Exception):
@@ -59,11 +69,16 @@ class QKCapture:
         n_heads: int,
         head_dim: int,
         n_kv_heads: int | None = None,
+        heads: Sequence[int] | None = None,
+        store_dtype: str = "float16",
     ):
+        """``heads``: the query heads to gather (all if None); ``store_dtype``: what :meth:`gathered` gives."""
         self.layers = list(layers)
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads or n_heads
         self.head_dim = head_dim
+        self.stored = stored_heads(n_heads, self.n_kv_heads, heads)  # the gathered heads of each kind
+        self.store_dtype = store_dtype
         self.queries: dict[int, torch.Tensor] = {}
         self.keys: dict[int, torch.Tensor] = {}
         self._last_layer = max(self.layers)
@@ -117,24 +132,58 @@ class QKCapture:
         with contextlib.suppress(_StopForward):
             model(**inputs)
 
-    def gathered(self, real: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Queries and keys of the tokens where ``real`` ([batch, tokens] bool) is set.
+    def gathered(self, real: torch.Tensor, docs: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Queries and keys of the stored heads at the tokens where ``real`` ([batch, tokens] bool) is set.
 
-        Returns two float16 arrays ``[layers, heads, n_real_tokens, head_dim]`` (the on-disk order).
+        Returns two arrays ``[layers, stored heads, n_real_tokens, head_dim]`` (the on-disk order)
+        as the store holds them (:func:`qkscale.store.dtypes.stored_numpy`). One reduction checks
+        them; a NaN, an infinity or a value beyond the store dtype's range is a
+        :class:`NonFiniteError` naming its layer, head and document (``docs``: the batch's doc ids).
         """
-        return self._gather(self.queries, real, self.n_heads), self._gather(self.keys, real, self.n_kv_heads)
+        queries, keys = (self._gather(kind, real) for kind in "qk")
+        if not bool(torch.isfinite(queries).all() & torch.isfinite(keys).all()):  # one sync per batch
+            kind, gathered = ("q", queries) if not bool(torch.isfinite(queries).all()) else ("k", keys)
+            raise self._non_finite(kind, gathered, real, docs)
+        return _to_numpy(queries), _to_numpy(keys)
 
-    def _gather(self, captured: dict[int, torch.Tensor], real: torch.Tensor, n_heads: int) -> np.ndarray:
+    def _gather(self, kind: str, real: torch.Tensor) -> torch.Tensor:
+        captured = self.queries if kind == "q" else self.keys
+        heads = self.stored[kind]
         n_real = int(real.sum())
         shape = tuple(captured[self.layers[0]].shape[:2])
         if shape != tuple(real.shape):
-            from qkscale.errors import ModelError
-
             raise ModelError(f"the model attended over {shape[1]} tokens per input where {real.shape[1]} were expected")
-        out = torch.empty((len(self.layers), n_heads, n_real, self.head_dim), dtype=torch.float16, device=real.device)
-        for index, layer in enumerate(self.layers):
-            out[index].copy_(captured[layer][real].transpose(0, 1))  # [tokens, heads, d] -> [heads, tokens, d]
-        return out.cpu().numpy()
+        dtype = getattr(torch, self.store_dtype)
+        out = torch.empty((len(self.layers), len(heads), n_real, self.head_dim), dtype=dtype, device=real.device)
+        index = torch.as_tensor(heads, device=real.device)
+        for position, layer in enumerate(self.layers):
+            picked = captured[layer][real]  # [tokens, heads, d]
+            if len(heads) < picked.shape[1]:
+                picked = picked[:, index]
+            out[position].copy_(picked.transpose(0, 1))
+        return out
+
+    def _non_finite(self, kind: str, gathered: torch.Tensor, real: torch.Tensor, docs: Sequence[int]) -> NonFiniteError:
+        """The error naming the first non-finite value of ``gathered`` (located only now that there is one)."""
+        bad = ~torch.isfinite(gathered)
+        layer_index, head_index, token, dim = (int(i) for i in torch.nonzero(bad)[0])
+        layer, head = self.layers[layer_index], self.stored[kind][head_index]
+        captured = (self.queries if kind == "q" else self.keys)[layer][real]
+        value = float(captured[token, head, dim])  # what the model computed, before the cast to the store dtype
+        lengths = real.sum(dim=1).cumsum(0).tolist()
+        row = next(r for r, end in enumerate(lengths) if token < end)
+        position = token - (lengths[row - 1] if row else 0)
+        name = "query" if kind == "q" else "key"
+        where = f"a {name} in layer {layer} head {head}, document {docs[row]} (position {position})"
+        if math.isfinite(value):
+            largest = torch.finfo(gathered.dtype).max
+            return NonFiniteError(
+                f"{where} is {value:.4g}, beyond {self.store_dtype}'s largest {largest:.6g}: "
+                "store this model with --store-dtype float32"
+            )
+        computed = str(captured.dtype).removeprefix("torch.")
+        advice = "check the model's weights" + ("" if computed == "float32" else " or run it with --dtype float32")
+        return NonFiniteError(f"{where} is {value} as the model computed it (in {computed}): {advice}")
 
     def remove(self) -> None:
         """Detach the hooks from the model (and give it back its own attention function)."""

@@ -10,16 +10,24 @@ from qkscale.joint import JointNormalization, Pairs, fit_normalization
 from qkscale.project.placement import chunks
 from qkscale.project.sampling import DocOrder
 from qkscale.store import Store
+from qkscale.store.checks import check_finite, verify_hint
 
 CHUNK_ROWS = 262_144  # token rows read at once: 16 MB of float16 per kind at head_dim 32
 
 
 def head_pairs(store: Store, layer: int, head: int, chunk_rows: int = CHUNK_ROWS) -> Pairs:
-    """``(queries, keys)`` of successive row ranges of one head, anew on every call (one per pass)."""
+    """``(queries, keys)`` of successive row ranges of one head, anew on every call (one per pass).
+
+    A chunk holding a NaN or an infinity is a :class:`~qkscale.errors.NonFiniteError`.
+    """
+    hint = verify_hint(store.path)
 
     def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for rows in chunks(store.n_tokens, chunk_rows):
-            yield store.queries(layer, head, rows), store.keys(layer, head, rows)
+            q, k = store.queries(layer, head, rows), store.keys(layer, head, rows)
+            check_finite(q, f"head L{layer}H{head} (queries)", rows.start, hint)
+            check_finite(k, f"head L{layer}H{head} (keys)", rows.start, hint)
+            yield q, k
 
     return pairs
 

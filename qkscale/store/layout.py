@@ -2,7 +2,8 @@
 
 ```
 STORE/
-  manifest.json            model, layers, heads, score scales, corpus, options, shard plan, complete
+  manifest.json            model, layers, heads, store_dtype, score scales, corpus, options, shard plan,
+                           complete
   vocabulary.parquet       every distinct token string, sorted (written when the store is complete)
   shards/00000/            one folder per shard, committed by an atomic rename
     tokens.parquet         one row per token, in the row order of vectors.arrow
@@ -10,13 +11,17 @@ STORE/
     docs.parquet           one row per document: doc, text, n_tokens, truncated
                            (+ width, height, thumbnail JPEG bytes for images)
     vectors.arrow          Arrow IPC file; one column per (kind, layer, head):
-                           "q.{layer}.{head}" / "k.{layer}.{head}", fixed_size_list<float16>[head_dim]
+                           "q.{layer}.{head}" / "k.{layer}.{head}", fixed_size_list<value>[head_dim]
+                           where value is the manifest's store_dtype: float16 (the default, and
+                           what a manifest without store_dtype means), float32, or for bfloat16
+                           uint16 holding each value's bits (the upper half of its float32)
     shard.json             n_docs, n_tokens, truncated_docs, first_doc
 ```
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -52,6 +57,13 @@ IMAGE_TOKEN_SCHEMA = (
 
 def shard_dir(root: Path, shard: int) -> Path:
     return root / SHARDS / f"{shard:05d}"
+
+
+def stored_heads(n_heads: int, n_kv_heads: int | None, heads: Sequence[int] | None) -> dict[str, list[int]]:
+    """The stored heads of each kind: query heads ``heads`` (all if None), and the key/value heads they read."""
+    query_heads = list(range(n_heads)) if heads is None else list(heads)
+    group = n_heads // (n_kv_heads or n_heads)  # query heads per key/value head
+    return {"q": query_heads, "k": sorted({head // group for head in query_heads})}
 
 
 def vector_column(kind: str, layer: int, head: int) -> str:

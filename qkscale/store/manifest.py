@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qkscale.errors import StoreError
-from qkscale.store import layout
+from qkscale.store import dtypes, layout
 
 MODALITIES = ("text", "image")
 
@@ -102,6 +102,9 @@ def manifest_problems(manifest: Any) -> list[str]:
     need("n_shards", _count(manifest.get("n_shards")), "a non-negative integer")
     need("n_docs", _count(manifest.get("n_docs")), "a non-negative integer")
     need("complete", isinstance(manifest.get("complete"), bool), "true or false")
+    need(
+        "store_dtype", manifest.get("store_dtype", dtypes.DEFAULT) in dtypes.NAMES, f"one of {', '.join(dtypes.NAMES)}"
+    )
     need("modality", manifest.get("modality", "text") in MODALITIES, f"one of {', '.join(MODALITIES)}")
     need("corpus.spec", isinstance(_field(manifest, "corpus.spec"), str), "the corpus it was made from")
     need("options.max_length", _positive(_field(manifest, "options.max_length")), "a positive integer")

@@ -20,7 +20,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from qkscale.errors import StoreError
-from qkscale.store import layout
+from qkscale.store import dtypes, layout
 from qkscale.store.files import reading
 
 
@@ -121,10 +121,16 @@ def build_index(root: Path, shards: Sequence[int]) -> ShardIndex:
     )
 
 
-def read_vectors(root: Path, index: ShardIndex, column: str, rows: slice, head_dim: int) -> np.ndarray:
-    """``[n, head_dim]`` float16 vectors of one column (one kind, layer and head) over ``rows``."""
+def read_vectors(
+    root: Path, index: ShardIndex, column: str, rows: slice, head_dim: int, dtype: str = dtypes.DEFAULT
+) -> np.ndarray:
+    """``[n, head_dim]`` vectors of one column (one kind, layer and head) over ``rows``.
+
+    ``dtype`` is the store's (its manifest's ``store_dtype``); the result is float16 for float16
+    stores and float32 for the others (:func:`~qkscale.store.dtypes.read_numpy`).
+    """
     start, stop = index.bounds(rows)
-    out = np.empty((stop - start, head_dim), np.float16)
+    out = np.empty((stop - start, head_dim), dtypes.read_numpy(dtype))
     for piece in index.pieces(rows):
         batches = index.batch_starts[piece.position]
         first = int(np.searchsorted(batches, piece.local.start, side="right")) - 1
@@ -138,19 +144,21 @@ def read_vectors(root: Path, index: ShardIndex, column: str, rows: slice, head_d
                 a, z = max(piece.local.start, low), min(piece.local.stop, high)
                 values = reader.get_batch(b).column(column).slice(a - low, z - a).flatten()
                 at = piece.target.start + a - piece.local.start
-                out[at : at + z - a] = values.to_numpy(zero_copy_only=True).reshape(-1, head_dim)
+                out[at : at + z - a] = dtypes.decode(values.to_numpy(zero_copy_only=True), dtype).reshape(-1, head_dim)
     return out
 
 
-def read_vectors_at(root: Path, index: ShardIndex, column: str, ids: np.ndarray, head_dim: int) -> np.ndarray:
-    """``[len(ids), head_dim]`` float16 vectors of one column at increasing row ``ids``.
+def read_vectors_at(
+    root: Path, index: ShardIndex, column: str, ids: np.ndarray, head_dim: int, dtype: str = dtypes.DEFAULT
+) -> np.ndarray:
+    """``[len(ids), head_dim]`` vectors of one column at increasing row ``ids`` (typed as :func:`read_vectors`).
 
     Only the record batches holding those rows are mapped, and only their pages are touched.
     """
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) and (ids[0] < 0 or ids[-1] >= index.n_tokens or np.any(np.diff(ids) < 0)):
         raise ValueError("row ids must be increasing and inside the store")
-    out = np.empty((len(ids), head_dim), np.float16)
+    out = np.empty((len(ids), head_dim), dtypes.read_numpy(dtype))
     shard_of = np.searchsorted(index.starts, ids, side="right") - 1
     for position in np.unique(shard_of).tolist():
         mine = np.flatnonzero(shard_of == position)
@@ -163,7 +171,7 @@ def read_vectors_at(root: Path, index: ShardIndex, column: str, ids: np.ndarray,
             for b in np.unique(batch_of).tolist():
                 chosen = np.flatnonzero(batch_of == b)
                 values = reader.get_batch(b).column(column).flatten().to_numpy(zero_copy_only=True)
-                out[mine[chosen]] = values.reshape(-1, head_dim)[local[chosen] - batches[b]]
+                out[mine[chosen]] = dtypes.decode(values.reshape(-1, head_dim)[local[chosen] - batches[b]], dtype)
     return out
 
 

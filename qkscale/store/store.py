@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from qkscale.attention import attention_weights
 from qkscale.errors import StoreError
 from qkscale.selection import format_selection
-from qkscale.store import layout, metrics_files, projections
+from qkscale.store import dtypes, layout, metrics_files, projections
 from qkscale.store.files import reading, remove_temps, write_json_atomic, write_parquet_atomic
 from qkscale.store.kinds import VocabularyClasses
 from qkscale.store.manifest import check_manifest, missing_shards
@@ -95,6 +95,11 @@ class Store:
     def heads(self) -> list[int]:
         """The (query) heads whose vectors this store holds, the same in every stored layer."""
         return list(self.manifest.get("heads", range(self.n_heads)))
+
+    @property
+    def vector_dtype(self) -> str:
+        """How the vectors are stored: float16 (also for stores older than the option), bfloat16 or float32."""
+        return self.manifest.get("store_dtype", dtypes.DEFAULT)
 
     @property
     def causal(self) -> bool:
@@ -303,21 +308,27 @@ class Store:
             raise StoreError(f"head {head} is not stored (stored heads: {format_selection(self.heads)})")
 
     def _vectors(self, kind: str, layer: int, head: int, rows: slice | np.ndarray) -> np.ndarray:
-        """``[n, head_dim]`` float16 vectors of one head, reading only that head's column."""
+        """``[n, head_dim]`` vectors of one head, reading only that head's column."""
         self._check_head(layer, head)
         stored_head = self.kv_head(head) if kind == "k" else head
         self._all_shards()  # an empty store is an error, not zero vectors
         column = layout.vector_column(kind, layer, stored_head)
         if isinstance(rows, slice):
-            return read_vectors(self.path, self.shard_index, column, rows, self.head_dim)
-        return read_vectors_at(self.path, self.shard_index, column, rows, self.head_dim)
+            return read_vectors(self.path, self.shard_index, column, rows, self.head_dim, self.vector_dtype)
+        return read_vectors_at(self.path, self.shard_index, column, rows, self.head_dim, self.vector_dtype)
 
     def queries(self, layer: int, head: int, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
-        """``[n, head_dim]`` float16 queries of one head: every token, the rows ``rows``, or increasing row ids."""
+        """``[n, head_dim]`` queries of one head: every token, the rows ``rows``, or increasing row ids.
+
+        float16 for a float16 store, float32 for a bfloat16 or float32 one (:attr:`vector_dtype`).
+        """
         return self._vectors("q", layer, head, rows)
 
     def keys(self, layer: int, head: int, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
-        """``[n, head_dim]`` float16 keys that query head ``head`` attends with (all rows, ``rows``, or row ids)."""
+        """``[n, head_dim]`` keys that query head ``head`` attends with (all rows, ``rows``, or row ids).
+
+        Typed as :meth:`queries`.
+        """
         return self._vectors("k", layer, head, rows)
 
     def attention(self, doc: int, layer: int, head: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from qkscale.store import layout
+from qkscale.store import dtypes, layout
 from qkscale.store.files import commit_dir, temp_sibling
 
 
@@ -29,18 +29,17 @@ class ShardWriter:
         n_kv_heads: int | None = None,
         token_schema: pa.Schema = layout.TOKEN_SCHEMA,
         heads: Sequence[int] | None = None,
+        dtype: str = dtypes.DEFAULT,
     ):
         self.final = layout.shard_dir(root, shard)
         self.temp = temp_sibling(self.final)
         self.temp.mkdir(parents=True)
         self.layers = list(layers)
         self.head_dim = head_dim
-        query_heads = list(range(n_heads)) if heads is None else list(heads)
-        group = n_heads // (n_kv_heads or n_heads)  # query heads per key/value head
-        # The stored heads of each kind (keys: one per key/value head that a stored query head reads).
-        self.heads = {"q": query_heads, "k": sorted({head // group for head in query_heads})}
+        self.heads = layout.stored_heads(n_heads, n_kv_heads, heads)  # the stored heads of each kind
+        self._stored = dtypes.stored_numpy(dtype)
         fields = [
-            pa.field(layout.vector_column(kind, layer, head), pa.list_(pa.float16(), head_dim))
+            pa.field(layout.vector_column(kind, layer, head), dtypes.arrow_type(dtype, head_dim))
             for kind in "qk"
             for layer in self.layers
             for head in self.heads[kind]
@@ -53,16 +52,22 @@ class ShardWriter:
         self._docs: list[dict] = []
 
     def write_batch(self, tokens: dict[str, np.ndarray | list], queries: np.ndarray, keys: np.ndarray) -> None:
-        """Append one batch: token rows, ``[n_layers, heads, n_tokens, head_dim]`` q and k of every head.
+        """Append one batch: token rows, ``[n_layers, stored heads, n_tokens, head_dim]`` q and k.
 
-        Only the stored heads are kept, as float16.
+        The vectors come as the store holds them (:func:`~qkscale.store.dtypes.stored_numpy`: as
+        :meth:`~qkscale.models.QKCapture.gathered` gives them), of the stored heads only.
         """
         columns = []
         for kind, vectors in (("q", queries), ("k", keys)):
-            by_head = np.asarray(vectors[:, self.heads[kind]], dtype=np.float16)
+            layers, heads = len(self.layers), len(self.heads[kind])
+            if vectors.dtype != self._stored or vectors.ndim != 4 or vectors.shape[:2] != (layers, heads):
+                raise ValueError(
+                    f"{kind} vectors must be {self._stored} [{layers}, {heads}, tokens, {self.head_dim}], "
+                    f"not {vectors.dtype} {list(vectors.shape)}"
+                )
             for layer_index in range(len(self.layers)):
                 for index in range(len(self.heads[kind])):
-                    flat = pa.array(np.ascontiguousarray(by_head[layer_index, index]).reshape(-1))
+                    flat = pa.array(np.ascontiguousarray(vectors[layer_index, index]).reshape(-1))
                     columns.append(pa.FixedSizeListArray.from_arrays(flat, self.head_dim))
         self._vectors.write_batch(pa.record_batch(columns, schema=self._schema))
         self._tokens.append(pa.record_batch(tokens, schema=self._token_schema))

@@ -21,7 +21,8 @@ from qkscale.errors import QKScaleError
 from qkscale.jobs.record import load_job
 from qkscale.maps.build import map_path
 from qkscale.maps.thumbnail import thumbnail_path
-from qkscale.store import layout, metrics_files
+from qkscale.store import dtypes, layout, metrics_files
+from qkscale.store.checks import first_non_finite
 from qkscale.store.files import DAMAGE
 from qkscale.store.manifest import manifest_problems
 from qkscale.store.projections import AXES, list_projections, projection_path, read_record
@@ -82,14 +83,6 @@ def vector_columns(manifest: dict[str, Any]) -> list[str]:
     return [layout.vector_column(kind, layer, h) for kind in "qk" for layer in manifest["layers"] for h in heads[kind]]
 
 
-def _finite_values(values: pa.Array) -> np.ndarray:
-    """The flattened values of a vector column as floats (bfloat16 bits stored as uint16 widened)."""
-    array = values.to_numpy(zero_copy_only=False)
-    if array.dtype == np.uint16:
-        return (array.astype(np.uint32) << 16).view(np.float32)
-    return array
-
-
 def check_shard(root: Path, manifest: dict[str, Any], shard: int) -> list[Problem]:
     """Files present and readable, Arrow footer, row counts agreeing, documents in order, vectors finite."""
     folder = layout.shard_dir(root, shard)
@@ -129,6 +122,8 @@ def check_shard(root: Path, manifest: dict[str, Any], shard: int) -> list[Proble
 
 def _vector_problems(folder: Path, manifest: dict[str, Any], n_tokens: int) -> Iterator[str]:
     head_dim = manifest["model"]["head_dim"]
+    dtype = manifest.get("store_dtype", dtypes.DEFAULT)
+    expected = dtypes.arrow_type(dtype, head_dim)
     try:
         with pa.memory_map(str(folder / layout.VECTORS)) as source:
             reader = ipc.open_file(source)
@@ -139,17 +134,17 @@ def _vector_problems(folder: Path, manifest: dict[str, Any], n_tokens: int) -> I
                 return
             for name in names:
                 field = reader.schema.field(name)
-                if not pa.types.is_fixed_size_list(field.type) or field.type.list_size != head_dim:
-                    yield f"column {name!r} is {field.type}, not vectors of {head_dim} values"
+                if field.type != expected:
+                    yield f"column {name!r} is {field.type}, not {expected} ({dtype} vectors of {head_dim} values)"
                     return
             rows = 0
             for b in range(reader.num_record_batches):
                 batch = reader.get_batch(b)
                 for name in names:
-                    values = _finite_values(batch.column(name).flatten())
-                    if not np.isfinite(values).all():
-                        row = rows + int(np.flatnonzero(~np.isfinite(values))[0]) // head_dim
-                        yield f"holds non-finite values in {name} (first at row {row} of the shard)"
+                    stored = batch.column(name).flatten().to_numpy(zero_copy_only=False)
+                    bad = first_non_finite(dtypes.decode(stored, dtype).reshape(-1, head_dim))
+                    if bad is not None:
+                        yield f"holds non-finite values in {name} (first at row {rows + bad} of the shard)"
                         return
                 rows += batch.num_rows
     except DAMAGE as exc:
