@@ -117,6 +117,17 @@ def dashboard(report: dict[str, Any]) -> Iterator[Row]:
     )
 
 
+def load(section: dict[str, Any]) -> Iterator[Row]:
+    zoom = section["actions_s"]["zoom"]
+    yield (
+        f"{section['sessions']} concurrent sessions (matrix, head, 3 zooms, click each)",
+        f"zoom p95 {_s(zoom['p95'])} (p50 {_s(zoom['p50'])}); {section['errors']} errors; "
+        f"server peak {section['server_peak_rss_mib']:.0f} MiB",
+        "goal: no error, zoom p95 <= 1 s on 2 cores",
+        "—",
+    )
+
+
 def end_to_end(section: dict[str, Any], where: str = "") -> Iterator[Row]:
     yield (
         f"`qkscale run workflows/demo.yaml`{where}",
@@ -163,6 +174,7 @@ def suite_rows(suite: dict[str, Any]) -> Iterator[Row]:
         "projection": lambda r: projection(r["sections"]["projection"]["results"]),
         "rendering": lambda r: rendering(r["sections"]["rendering"]),
         "dashboard": dashboard,
+        "load": lambda r: load(r["sections"]["load"]),
         "endtoend": lambda r: end_to_end(r["sections"]["end_to_end"]),
         "scale": lambda r: scale(r["sections"]["scale"]),
     }

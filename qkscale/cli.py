@@ -191,11 +191,19 @@ def serve(
     ] = None,
     show: Annotated[bool, typer.Option("--show", help="Open the dashboard in a browser.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Log the time of every zoom's re-aggregation.")] = False,
+    basic_auth: Annotated[
+        str | None,
+        typer.Option(help="Ask for a login: one PASSWORD for any user, or a JSON FILE of user -> password."),
+    ] = None,
+    cookie_secret: Annotated[
+        str | None, typer.Option(help="Secret that signs login cookies (default: a random one per start).")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="Threads running the sessions' callbacks.")] = 4,
 ) -> None:
     """Serve the dashboard (matrix, single-head, sentence, aggregate, image, metrics views) of a store."""
     from qkscale.dashboard.server import serve as serve_store
 
-    serve_store(store, port, address, allow_websocket_origin, show, verbose)
+    serve_store(store, port, address, allow_websocket_origin, show, verbose, basic_auth, cookie_secret, threads)
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:

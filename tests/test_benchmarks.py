@@ -114,3 +114,18 @@ def test_exponent_of_a_power_law():
     assert exponent([10, 100, 1000], [2.0, 20.0, 200.0]) == pytest.approx(1.0)
     assert exponent([10, 100], [5.0, 5.0]) == pytest.approx(0.0)
     assert exponent([10], [1.0]) is None
+
+
+def test_load_benchmark_serves_every_session(dashboard_store, tmp_path):
+    """Three concurrent client sessions, each: matrix, a head, three zooms, a click (no timing asserted)."""
+    pytest.importorskip("bokeh.client")
+    from benchmarks import load
+
+    out = tmp_path / "load.json"
+    load.main(["--store", str(dashboard_store.path), "--sessions", "3", "--timeout", "240", "--out", str(out)])
+    section = json.loads(out.read_text())["sections"]["load"]
+    assert section["errors"] == 0 and section["server_tracebacks"] == 0, section
+    counts = {action: figure["n"] for action, figure in section["actions_s"].items()}
+    assert counts == {"matrix": 3, "open_head": 3, "zoom": 9, "click": 3}
+    assert section["server_peak_rss_mib"] > 0
+    assert "3 concurrent sessions" in headline.markdown(list(headline.load(section)))

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,10 +34,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(store: str | Path, log: Path, *options: str, timeout: float = 180) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`qkscale serve STORE` on a free port, as a user starts it; yields its URL and process, then stops it."""
+def served(
+    store: str | Path, log: Path, *options: str, timeout: float = 180, wrapper: Sequence[str] = ()
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`qkscale serve STORE` on a free port, as a user starts it; yields its URL and process, then stops it.
+
+    ``wrapper``: a command that runs the server (e.g. in a private mount namespace).
+    """
     port = free_port()
-    command = [sys.executable, "-m", "qkscale.cli", "serve", str(store), "--port", str(port), *options]
+    command = [*wrapper, sys.executable, "-m", "qkscale.cli", "serve", str(store), "--port", str(port), *options]
     url = f"http://127.0.0.1:{port}/"
     with log.open("w") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True)

@@ -48,7 +48,8 @@ def metric_label(metrics: pd.DataFrame | None, metric: str | None) -> dict[tuple
     """`` entropy 2.31`` for every head, or nothing without metrics."""
     if metrics is None or not metric or metric not in metrics:
         return {}
-    return {(int(r.layer), int(r.head)): f" {metric} {getattr(r, metric):.3g}" for r in metrics.itertuples()}
+    heads = zip(metrics["layer"].tolist(), metrics["head"].tolist(), metrics[metric].tolist(), strict=True)
+    return {(int(layer), int(head)): f" {metric} {value:.3g}" for layer, head, value in heads}  # any column name
 
 
 def tile_pixels(grid: dict, canvas_pixels: int = MAX_CANVAS_PIXELS) -> int:

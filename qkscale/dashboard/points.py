@@ -9,6 +9,7 @@ file by row: the row of a token's query is its id, the row of its key ``n_tokens
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class ProjectionRows:
     def __init__(self, path: Path):
         self.path = path
         self.file = pq.ParquetFile(path)
+        self._reading = threading.Lock()  # one file reader, shared by every session's threads
         sizes = [self.file.metadata.row_group(g).num_rows for g in range(self.file.metadata.num_row_groups)]
         self.starts = np.r_[0, np.cumsum(sizes)].astype(np.int64)
         self.axes = [axis for axis in ("x", "y", "z") if axis in self.file.schema_arrow.names]
@@ -55,7 +57,8 @@ class ProjectionRows:
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 (clicks and links read the same group again and again)
     def _group(self, group: int, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
-        table = self.file.read_row_group(group, columns=list(columns))
+        with self._reading:
+            table = self.file.read_row_group(group, columns=list(columns))
         return {name: table.column(name).to_numpy() for name in columns}
 
 

@@ -308,7 +308,13 @@ def embedding_2d(points: HeadPoints, show: tuple[str, ...], colouring: Colouring
 
 # -- 3D: a sample ----------------------------------------------------------------------------------
 def embedding_3d(frame: pd.DataFrame, colouring: Colouring, title: str):
-    """A Plotly 3D scatter of sampled points (columns x, y, z, hover and the colouring's column)."""
+    """A Plotly 3D scatter of sampled points (columns x, y, z, hover and the colouring's column).
+
+    Plotly reads tags (``<b>``, ``<a href>``) in titles and hover texts: store strings go in
+    escaped, and Plotly shows the entities as the characters they stand for.
+    """
+    import html
+
     import plotly.graph_objects as go
 
     marker: dict = {"size": 2, "opacity": 0.7}
@@ -323,11 +329,12 @@ def embedding_3d(frame: pd.DataFrame, colouring: Colouring, title: str):
             z=frame["z"],
             mode="markers",
             marker=marker,
-            text=frame["hover"],
+            text=[html.escape(str(text)) for text in frame["hover"]],
             hoverinfo="text",
         )
     )
-    figure.update_layout(title=title, width=PLOT_SIZE, height=PLOT_SIZE, margin={"l": 0, "r": 0, "t": 40, "b": 0})
+    margin = {"l": 0, "r": 0, "t": 40, "b": 0}
+    figure.update_layout(title=html.escape(title), width=PLOT_SIZE, height=PLOT_SIZE, margin=margin)
     return figure
 
 

@@ -1,8 +1,11 @@
-"""What the dashboard knows about tokens: their context, and token search over a whole store."""
+"""What the dashboard knows about tokens: their context, and token search over a whole store.
+
+Regular expressions run on RE2 (linear time in the text: no pattern can stall the server); RE2
+refuses what it cannot run in linear time (backreferences, lookaround) with a one-line message.
+"""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +15,7 @@ from qkscale.errors import QKScaleError
 from qkscale.store import Store
 from qkscale.store.kinds import TOKEN_KINDS
 
-__all__ = ["TOKEN_KINDS", "SearchError", "SearchResult", "context_text", "search_tokens"]
+__all__ = ["TOKEN_KINDS", "SearchError", "SearchResult", "compile_regex", "context_text", "search_tokens"]
 
 SEARCH_MODES = ("exact", "case-insensitive", "regex")
 CONTEXT_RADIUS = 4  # tokens either side of a token in its hover context
@@ -20,6 +23,22 @@ CONTEXT_RADIUS = 4  # tokens either side of a token in its hover context
 
 class SearchError(QKScaleError):
     """A search the user typed cannot run (empty, or a regex that does not compile)."""
+
+
+def compile_regex(pattern: str):
+    """``pattern`` compiled by RE2 (linear-time matching), or a :class:`SearchError` saying why it cannot be."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # the reason goes into the message, not onto the server's stderr
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise SearchError(
+            f"the regular expression {pattern!r} does not compile: {reason} "
+            "(RE2 syntax: no backreferences or lookaround)"
+        ) from None
 
 
 def context_text(words: list[str], i: int, radius: int = CONTEXT_RADIUS) -> str:
@@ -55,10 +74,7 @@ def matching_entries(names: np.ndarray, query: str, mode: str) -> np.ndarray:
         return np.asarray(index == query)
     if mode == "case-insensitive":
         return np.asarray(index.str.casefold() == query.casefold())
-    try:
-        pattern = re.compile(query)
-    except re.error as exc:
-        raise SearchError(f"the regular expression {query!r} does not compile: {exc}") from None
+    pattern = compile_regex(query)
     return np.fromiter((pattern.search(n) is not None for n in index), bool, len(index))
 
 

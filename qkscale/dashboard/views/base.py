@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import html
 import traceback
 from collections.abc import Callable
 
@@ -29,6 +30,11 @@ class View(pn.viewable.Viewer):
         return True
 
 
+def message(text: str, alert_type: str = "warning", css_classes: tuple[str, ...] = ("qk-message",)) -> pn.pane.Alert:
+    """An alert showing ``text`` as text: it may quote store strings (method names, paths) or the user's input."""
+    return pn.pane.Alert(html.escape(text), alert_type=alert_type, css_classes=list(css_classes))
+
+
 def guarded(view: Callable) -> Callable:
     """Run a view builder; a user error or a failure becomes a message in the UI, never a crashed session."""
 
@@ -37,10 +43,10 @@ def guarded(view: Callable) -> Callable:
         try:
             return view(*args, **kwargs)
         except QKScaleError as exc:
-            return pn.pane.Alert(str(exc), alert_type="warning", css_classes=["qk-message"])
+            return message(str(exc))
         except Exception as exc:  # noqa: BLE001 - a session must survive anything a view raises
             traceback.print_exc()
-            return pn.pane.Alert(f"could not draw this view: {exc}", alert_type="danger", css_classes=["qk-message"])
+            return message(f"could not draw this view: {exc}", "danger")
 
     return build
 

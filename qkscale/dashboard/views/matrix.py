@@ -49,7 +49,7 @@ class MatrixView(View):
             state.label_metric,
         )
         on_tap(element, lambda x, y: self._open(matrix.head_at(grid, x, y)))
-        text = f"<span class='qk-count'>{len(grid)} heads</span>, {len(projected)} with a {key} projection"
+        text = f"<span class='qk-count'>{len(grid)} heads</span>, {len(projected)} with a {html.escape(key)} projection"
         missing = [h for h in projected if not thumbnail_path(data.store.path, state.method, state.dims, *h).is_file()]
         if missing:
             command = f"qkscale project {data.store.path} --method {state.method} --dims {state.dims}"

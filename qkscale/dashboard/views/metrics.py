@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import panel as pn
 
 from qkscale.dashboard.views.base import View, guarded
@@ -21,8 +23,12 @@ class MetricsView(View):
             raise QKScaleError(
                 f"this store has no head metrics yet; compute them with `qkscale metrics {self.data.store.path}`"
             )
+        # Tabulator renders column titles as HTML and reads dots in field names as paths: the
+        # store's column names become plain fields and escaped titles.
+        fields = {name: f"c{i}" for i, name in enumerate(metrics.columns)}
         table = pn.widgets.Tabulator(
-            metrics.round(4),
+            metrics.round(4).rename(columns=fields),
+            titles={field: html.escape(str(name)) for name, field in fields.items()},
             disabled=True,
             selectable=1,
             show_index=False,

@@ -9,7 +9,7 @@ import panel as pn
 import param
 
 from qkscale.dashboard.tokens import SearchResult
-from qkscale.dashboard.views.base import View
+from qkscale.dashboard.views.base import View, message
 from qkscale.errors import QKScaleError
 
 NO_MATCHES = np.empty(0, np.int64)
@@ -46,7 +46,7 @@ class TokenSearch(View):
     @param.depends("matches", "error")
     def _summary(self):
         if self.error:
-            return pn.pane.Alert(self.error, alert_type="warning", css_classes=["qk-search-count", "qk-message"])
+            return message(self.error, css_classes=("qk-search-count", "qk-message"))
         if self.matches is None:
             return pn.pane.HTML("<span class='qk-search-count'>type a token to highlight it</span>")
         return pn.pane.HTML(f"<span class='qk-search-count'>{html.escape(self.matches.describe())}</span>")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import panel as pn
 import param
 
@@ -125,4 +127,4 @@ def _title_text(points: HeadPoints, shown: int) -> str:
 
 
 def _title(points: HeadPoints, shown: int) -> pn.pane.HTML:
-    return pn.pane.HTML(f"<b class='qk-head-title'>{_title_text(points, shown)}</b>")
+    return pn.pane.HTML(f"<b class='qk-head-title'>{html.escape(_title_text(points, shown))}</b>")
