@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qkscale.errors import StoreError
+from qkscale.store.lock import STALE_S, pid_alive
 
 TEMP = ".tmp-"
 # What reading a damaged file raises (besides a StoreError of our own): turned into one line.
@@ -61,8 +62,6 @@ def _newest_mtime(path: Path) -> float:
 
 def temp_owner_gone(temp: Path, stale_s: float) -> bool:
     """Whether the writer of ``temp`` is gone: a dead pid on this host, or no change for ``stale_s`` elsewhere."""
-    from qkscale.store.lock import pid_alive
-
     parts = temp.name.rsplit(".", 3)
     if len(parts) != 4 or not parts[2].isdigit():
         return True  # an older qkscale's temp: its owner is not recorded
@@ -134,8 +133,6 @@ def remove_temps(folder: Path) -> None:
 
     Temps of live writers (a task still finishing, another process) are left alone.
     """
-    from qkscale.store.lock import STALE_S
-
     if folder.is_dir():
         for stale in folder.glob(f"{TEMP}*"):
             if temp_owner_gone(stale, STALE_S):

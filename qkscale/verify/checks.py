@@ -76,10 +76,7 @@ def read_raw_manifest(root: Path) -> tuple[dict[str, Any] | None, list[str]]:
 def vector_columns(manifest: dict[str, Any]) -> list[str]:
     """The columns every shard's ``vectors.arrow`` must have."""
     model = manifest["model"]
-    n_heads = model["n_heads"]
-    group = n_heads // model.get("n_kv_heads", n_heads)
-    query_heads = manifest.get("heads", list(range(n_heads)))
-    heads = {"q": query_heads, "k": sorted({h // group for h in query_heads})}
+    heads = layout.stored_heads(model["n_heads"], model.get("n_kv_heads"), manifest.get("heads"))
     return [layout.vector_column(kind, layer, h) for kind in "qk" for layer in manifest["layers"] for h in heads[kind]]
 
 

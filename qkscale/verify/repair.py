@@ -20,7 +20,7 @@ from qkscale.maps.thumbnail import thumbnail_path
 from qkscale.selection import format_selection
 from qkscale.store import layout, metrics_files
 from qkscale.store.damaged import set_aside
-from qkscale.store.files import DAMAGE, write_json_atomic
+from qkscale.store.files import write_json_atomic
 from qkscale.store.lock import writer_lock
 from qkscale.store.projections import projection_path, read_record
 from qkscale.verify.checks import JOB, MANIFEST, METRICS, PROJECTION, SHARD, TOTALS, VIEWS, VOCABULARY, Problem
@@ -61,7 +61,7 @@ def _reextract(root: Path, manifest: dict[str, Any], progress: bool) -> None:
 def _settings(path: Path) -> dict[str, Any] | None:
     try:
         record = read_record(path)
-    except (StoreError, *DAMAGE):  # a damaged file: its settings are lost with it
+    except StoreError:  # a damaged file (read_record names it): its settings are lost with it
         return None
     settings = record.get("settings")
     return {**settings, "backend": record.get("backend", "auto")} if isinstance(settings, dict) else None
