@@ -102,6 +102,8 @@ def test_matrix_head_point_and_search_in_a_real_browser(server, page, dashboard_
 
     # A regex that does not compile is a message, and the session lives on.
     page.get_by_text("regex", exact=True).click()
+    # The mode's own search ("the" as a regex) lands first, so the server's reply cannot race the typing.
+    page.get_by_text("match 'the' (regex)").wait_for(timeout=TIMEOUT_MS)
     search.fill("((")
     search.press("Enter")
     page.get_by_text("does not compile").wait_for(timeout=TIMEOUT_MS)
