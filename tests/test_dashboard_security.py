@@ -199,6 +199,8 @@ def test_no_store_string_becomes_an_element_or_runs(server, hostile_root, tmp_pa
         search.press("Enter")
         _show(page, f"{expected:,} tokens match")
         page.get_by_text("regex", exact=True).click()
+        # The mode's own search (the same text as a regex) lands first, so its reply cannot race the typing.
+        page.locator(".qk-search-count", has_text="(regex)").first.wait_for(timeout=TIMEOUT_MS)
         search.fill(f"(?={hostile.SCRIPT})")
         search.press("Enter")
         _show(page, "does not compile")
