@@ -21,6 +21,8 @@ Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import threading
 import time
@@ -36,7 +38,6 @@ from qkscale import open_store
 from qkscale.dashboard import browser
 
 ACTIONS = ("matrix", "open_head", "zoom", "click")
-TITLE = re.compile(r"L(\d+)H(\d+) · ")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -47,6 +48,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--zooms", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4, help="qkscale serve --threads")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds an action may take before it is an error")
+    parser.add_argument(
+        "--client-processes", type=int, default=1, help="processes the sessions are spread over (threads in each)"
+    )
+    parser.add_argument(
+        "--think", type=float, default=0.0, help="seconds a user pauses before each action after the first"
+    )
+    parser.add_argument(
+        "--arrival", type=float, default=0.0, help="seconds between two sessions' starts (0: all start at once)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/load.json"))
     return parser.parse_args(argv)
 
@@ -75,6 +85,14 @@ class Session:
         if not done():
             raise ActionTimeout(f"{what}: no answer within {self.timeout:.0f} s")
 
+    def pause(self, seconds: float) -> None:
+        """Let ``seconds`` pass as a user does between actions (what the server sends meanwhile is taken in)."""
+        if seconds > 0:
+            deadline = time.monotonic() + seconds
+            handle = self.loop.call_later(seconds, self.loop.stop)
+            self.client._connection._loop_until(lambda: time.monotonic() >= deadline)
+            self.loop.remove_timeout(handle)
+
     def find(self, kind: str | tuple[str, ...], test: Callable[[Any], bool] = lambda model: True) -> list:
         """The document's models of class ``kind`` (or of one of ``kind``) that pass ``test``."""
         kinds = (kind,) if isinstance(kind, str) else kind
@@ -86,9 +104,7 @@ class Session:
     def embedding(self, layer: int, head: int):
         """The single-head plot of ``layer``/``head`` once it is in the document, else None."""
         for figure in self.find("figure"):
-            text = getattr(figure.title, "text", "") or ""
-            match = TITLE.match(text)
-            if match and (int(match[1]), int(match[2])) == (layer, head) and self._image(figure) is not None:
+            if f"L{layer}H{head}" in (figure.tags or []) and self._image(figure) is not None:
                 return figure
         return None
 
@@ -124,18 +140,27 @@ def select(session: Session, title: str, value: str) -> None:
 
 
 def run_session(
-    url: str, method: str, layer: int, head: int, zooms: int, timeout: float, times: dict[str, list]
+    url: str, method: str, layer: int, head: int, settings: dict, times: dict[str, list], done: Callable[[], None]
 ) -> None:
-    """One user's actions, each timed into ``times``; raises on the first that fails."""
+    """One user's actions, each timed into ``times``; raises on the first that fails.
+
+    ``settings``: ``zooms``, ``timeout`` (of an action) and ``think`` (seconds the user pauses
+    before each action after the first, the session's IO loop running meanwhile).
+
+    The session stays connected until ``done`` (a barrier of all sessions) lets it go, so that every
+    session is open at once.
+    """
     from bokeh.events import DocumentReady, RangesUpdate, Tap
 
-    started = time.perf_counter()
-    session = Session(url, timeout)
+    zooms, timeout, think = settings["zooms"], settings["timeout"], settings["think"]
+    started, session = time.perf_counter(), None
     try:
+        session = Session(url, timeout)
         session.wait(lambda: bool(session.find("Tabs")), "matrix")
         session.doc.callbacks.send_event(DocumentReady())  # as a browser does once it drew the page
         times["matrix"].append(time.perf_counter() - started)
 
+        session.pause(think)
         started = time.perf_counter()
         session.find("Tabs")[0].active = 1
         session.wait(lambda: bool(session.selector("layer")), "single-head tab")
@@ -148,6 +173,7 @@ def run_session(
         figure = session.embedding(layer, head)
         source = session._image(figure)
         for _ in range(zooms):
+            session.pause(think)
             (x0, x1), (y0, y1) = (figure.x_range.start, figure.x_range.end), (figure.y_range.start, figure.y_range.end)
             width, cx, cy = (x1 - x0) / 2, (x0 + x1) / 2, (y0 + y1) / 2
             started = time.perf_counter()
@@ -164,13 +190,16 @@ def run_session(
             session.wait(zoomed, "zoom")
             times["zoom"].append(time.perf_counter() - started)
 
+        session.pause(think)
         started = time.perf_counter()
         x, y = (figure.x_range.start + figure.x_range.end) / 2, (figure.y_range.start + figure.y_range.end) / 2
         session.doc.callbacks.send_event(ui_event(Tap, figure, x=x, y=y))
         session.wait(lambda: bool(session.find("HTML", lambda m: "qk-token-title" in (m.text or ""))), "click")
         times["click"].append(time.perf_counter() - started)
     finally:
-        session.close()
+        done()
+        if session is not None:
+            session.close()
 
 
 def percentiles(values: list[float]) -> dict[str, float | int]:
@@ -185,10 +214,69 @@ def percentiles(values: list[float]) -> dict[str, float | int]:
     }
 
 
+class Shared:
+    """What the sessions of all client processes share: start and end barriers, and the count of open sessions."""
+
+    def __init__(self, context, sessions: int):
+        self.gate, self.finished = context.Barrier(sessions), context.Barrier(sessions)
+        self.open_now, self.peak_open = context.Value("i", 0), context.Value("i", 0)
+
+    def opened(self, change: int) -> None:
+        with self.open_now.get_lock():
+            self.open_now.value += change
+            self.peak_open.value = max(self.peak_open.value, self.open_now.value)
+
+
+def client_process(url: str, users: list[tuple[int, int, int]], settings: dict, shared: Shared, results) -> None:
+    """Run the sessions ``users`` (index, layer, head), each in a thread; put their times and errors on ``results``."""
+    times: dict[str, list[float]] = {action: [] for action in ACTIONS}
+    errors: list[str] = []
+    per_action = settings["timeout"] + settings["think"]
+    hold = per_action * (settings["zooms"] + 3) + settings["arrival"] * settings["sessions"]
+
+    def all_done() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            shared.finished.wait(timeout=hold)
+        shared.opened(-1)
+
+    def user(i: int, layer: int, head: int) -> None:
+        try:
+            shared.gate.wait()
+            time.sleep(i * settings["arrival"])
+            shared.opened(+1)
+            run_session(url, settings["method"], layer, head, settings, times, all_done)
+        except Exception as exc:  # noqa: BLE001 - every failure is counted, the others go on
+            errors.append(f"session {i}: {type(exc).__name__}: {exc}")
+            traceback.print_exc()
+
+    threads = [threading.Thread(target=user, args=one, name=f"session-{one[0]}") for one in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    results.put((times, errors, time.process_time()))
+
+
 def load(
-    store: Path, method: str, sessions: int, zooms: int, threads: int, timeout: float, log: Path
+    store: Path,
+    method: str,
+    sessions: int,
+    zooms: int,
+    threads: int,
+    timeout: float,
+    arrival: float,
+    think: float,
+    client_processes: int,
+    log: Path,
 ) -> dict[str, Any]:
-    """Serve ``store`` and run ``sessions`` concurrent sessions; their figures, errors and the server's memory."""
+    """Serve ``store`` and run ``sessions`` concurrent sessions; their figures, errors and the server's memory.
+
+    Session ``i`` starts ``i * arrival`` seconds after the first (all at once for 0). The sessions
+    are spread over ``client_processes`` processes, so that the clients' own work (decoding what
+    the server sends, as a browser tab does in its own process) does not queue on one GIL.
+    """
+    import multiprocessing
+
     from qkscale.dashboard.app import load_extensions
 
     load_extensions()  # the client resolves Panel's and HoloViews' model types by importing them
@@ -196,27 +284,26 @@ def load(
     heads = opened.projections().get(f"{method}-2d")
     if not heads:
         raise SystemExit(f"benchmarks.load: error: {store} has no {method} 2D projection")
-    times: dict[str, list[float]] = {action: [] for action in ACTIONS}
-    errors: list[str] = []
-    gate = threading.Barrier(sessions)
-
-    def user(i: int) -> None:
-        try:
-            gate.wait()
-            run_session(url, method, *heads[i % len(heads)], zooms, timeout, times)
-        except Exception as exc:  # noqa: BLE001 - every failure is counted, the others go on
-            errors.append(f"session {i}: {type(exc).__name__}: {exc}")
-            traceback.print_exc()
-
+    context = multiprocessing.get_context("fork")  # the children start with the client's imports done
+    shared, results = Shared(context, sessions), context.Queue()
+    settings = {"method": method, "zooms": zooms, "timeout": timeout, "arrival": arrival, "think": think}
+    settings["sessions"] = sessions
+    users = [(i, *heads[i % len(heads)]) for i in range(sessions)]
+    groups = [users[k::client_processes] for k in range(client_processes) if users[k::client_processes]]
     with browser.served(store, log, "--threads", str(threads)) as (url, process):
-        started = time.perf_counter()
-        workers = [threading.Thread(target=user, args=(i,), name=f"session-{i}") for i in range(sessions)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        started, server_cpu_at_start = time.perf_counter(), _cpu_seconds(process.pid)
+        clients = [
+            context.Process(target=client_process, args=(url, group, settings, shared, results)) for group in groups
+        ]
+        for client in clients:
+            client.start()
+        reports = [results.get() for _ in clients]
+        for client in clients:
+            client.join()
         seconds = time.perf_counter() - started
-        peak = _peak_rss_mib(process.pid)
+        peak, server_cpu = _peak_rss_mib(process.pid), _cpu_seconds(process.pid) - server_cpu_at_start
+    times = {action: [t for report in reports for t in report[0][action]] for action in ACTIONS}
+    errors = [error for report in reports for error in report[1]]
     server_log = log.read_text()
     return {
         "sessions": sessions,
@@ -224,12 +311,18 @@ def load(
         "method": method,
         "heads": len(heads),
         "server_threads": threads,
+        "arrival_s": arrival,
+        "think_s": think,
+        "client_processes": len(clients),
+        "peak_open_sessions": shared.peak_open.value,
         "seconds": seconds,
         "actions_s": {action: percentiles(values) for action, values in times.items()},
         "errors": len(errors),
         "error_messages": errors[:20],
         "server_tracebacks": server_tracebacks(server_log),
         "server_peak_rss_mib": peak,
+        "server_cpu_s": server_cpu,
+        "client_cpu_s": sum(report[2] for report in reports),
         "tokens": opened.n_tokens,
     }
 
@@ -238,6 +331,12 @@ def server_tracebacks(log: str) -> int:
     """Tracebacks in the server's log, but for sockets a session closed while the server wrote to it."""
     closed = ("WebSocketClosedError", "StreamClosedError")
     return sum(not any(name in block for name in closed) for block in log.split("Traceback")[1:])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -250,12 +349,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = new_report("load")
     log = args.out.with_suffix(".log")
-    section = load(args.store, args.method, args.sessions, args.zooms, args.threads, args.timeout, log)
+    options = (args.zooms, args.threads, args.timeout, args.arrival, args.think, args.client_processes)
+    section = load(args.store, args.method, args.sessions, *options, log)
     report["sections"]["load"] = section
     write_json(report, args.out)
     for action, figure in section["actions_s"].items():
         if figure["n"]:
             print(f"{action:10s} n={figure['n']:3d}  p50 {figure['p50']:.2f} s  p95 {figure['p95']:.2f} s")
+    print(f"sessions open at once: {section['peak_open_sessions']} of {section['sessions']}")
+    per_session = {k: section[f"{k}_cpu_s"] / section["sessions"] for k in ("server", "client")}
+    print(f"CPU per session: server {per_session['server']:.2f} s, load-test clients {per_session['client']:.2f} s")
     print(f"errors {section['errors']}; server peak RSS {section['server_peak_rss_mib']:.0f} MiB; {args.out}")
     return 0
 

@@ -82,20 +82,23 @@ def basic_auth_option(value: str | None) -> str | None:
 
 
 def prepare(store: str | Path) -> DashboardData:
-    """Open the store and read what every session shares (vocabulary, metrics) once."""
-    import datashader  # noqa: F401 - imported here, not in the first session
-    import holoviews  # noqa: F401
+    """Open the store, read what every session shares (vocabulary, metrics) once and compile the default drawing.
+
+    Numba compiles Datashader's aggregation of a colouring on its first use (a few seconds of
+    CPU): done here for the default colouring, so that no session's first zoom waits for it.
+    """
+    import holoviews  # noqa: F401 - imported here, not in the first session
 
     data = DashboardData(store)
     data.vocabulary, data.metrics  # noqa: B018 - read once, before the first session
+    single.warm_up(SessionState.param.colour.default)
     return data
 
 
 def _session(data: DashboardData):
-    """One browser session's dashboard; the first also has numba compile the default colouring's zoom meanwhile."""
+    """One browser session's dashboard."""
     from qkscale.dashboard.app import Dashboard
 
-    single.warm_up_in_background(SessionState.param.colour.default)  # after the port opened, not before
     return Dashboard(data)
 
 

@@ -4,16 +4,14 @@ Every point counts (no sampling in 2D). A view is snapped to the cells of the py
 cells are about a pixel: zoomed out, that level's counts (or sums) are the aggregate, exactly what
 Datashader would compute from every point over the snapped range; zoomed in past the base cells,
 the points of the window are read from the ordered columns and datashaded. Either way the work is
-set by the pixels and the points in view, never by the head. Hover reads one token when the
-cursor stops on it. 3D views use a sample of :meth:`HeadPoints.sample`, drawn by Plotly.
+set by the pixels and the points in view, never by the head. The figure that shows a view lives in
+:mod:`qkscale.dashboard.embedding`. 3D views use a sample of :meth:`HeadPoints.sample`, drawn by Plotly.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,22 +153,47 @@ def points_frame(columns: dict[str, np.ndarray], rows: np.ndarray) -> pd.DataFra
     return frame
 
 
-def shade_view(points: PointMap, show, colouring: Colouring, x_range, y_range, width: int, height: int):
-    """The view as an RGBA image, and the ordered row of one shown point under each pixel (-1 if none)."""
+def shade_view(points: PointMap, show, colouring: Colouring, x_range, y_range, width: int, height: int, marked=None):
+    """The view as an RGBA image, and the ordered row of one shown point under each pixel (-1 if none).
+
+    The image's ``attrs`` hold the ranges it spans (``x_range``, ``y_range``: the view's, or the
+    snapped window's when drawn from the pyramid). ``marked`` (an ``(n, 2)`` array of x, y, or
+    None) are points drawn over the image: search matches.
+    """
     import datashader as ds
 
     window = view_window(points, x_range, y_range, width, height)
     try:
         if window is not None:
             image = shade(pyramid_aggregate(points, window, show, colouring), colouring)
-            return image, points.representatives(window, show)
-        canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
-        frame = window_frame(points, x_range, y_range, show)
-        agg = canvas.points(frame, "x", "y", agg=ds.summary(colour=_reduction(colouring), row=ds.max("row")))
-        rows = np.nan_to_num(agg["row"].to_numpy(), nan=-1).astype(np.int64)
-        return shade(agg["colour"], colouring), rows
+            image, rows = mark(image, marked, window.x_range, window.y_range), points.representatives(window, show)
+        else:
+            canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
+            frame = window_frame(points, x_range, y_range, show)
+            agg = canvas.points(frame, "x", "y", agg=ds.summary(colour=_reduction(colouring), row=ds.max("row")))
+            rows = np.nan_to_num(agg["row"].to_numpy(), nan=-1).astype(np.int64)
+            image = mark(shade(agg["colour"], colouring), marked, x_range, y_range)
     finally:
         points.release()
+    spans = (window.x_range, window.y_range) if window is not None else (x_range, y_range)
+    image.attrs.update(x_range=tuple(map(float, spans[0])), y_range=tuple(map(float, spans[1])))
+    return image, rows
+
+
+def mark(image, marked, x_range, y_range):
+    """``image`` (spanning ``x_range``, ``y_range``) with the points ``marked`` drawn over it, grown to stay visible."""
+    import datashader as ds
+    import datashader.transfer_functions as tf
+
+    if marked is None or not len(marked):
+        return image
+    height, width = image.shape
+    canvas = ds.Canvas(plot_width=width, plot_height=height, x_range=x_range, y_range=y_range)
+    counts = canvas.points(pd.DataFrame({"x": marked[:, 0], "y": marked[:, 1]}), "x", "y", agg=ds.count())
+    marks = tf.shade(counts, cmap=[MATCH_COLOUR, MATCH_COLOUR], min_alpha=255)
+    marks = tf.dynspread(marks, threshold=0.9, max_px=4).to_numpy()
+    over = marks.view(np.uint8).reshape(height, width, 4)[..., 3] > 0
+    return tf.Image(np.where(over, marks, image.to_numpy()), dims=image.dims, coords=image.coords)
 
 
 def _reduction(colouring: Colouring):
@@ -212,98 +235,38 @@ def shade(agg, colouring: Colouring):
     """Colour an aggregate (counts per category, or a mean) and grow isolated pixels."""
     import datashader.transfer_functions as tf
 
-    if colouring.categorical:
-        image = tf.shade(agg, color_key=colouring.colours, how="eq_hist", min_alpha=80)
-    else:
-        image = tf.shade(agg, cmap=_palette(colouring.cmap), how="eq_hist")
-    return tf.dynspread(image, threshold=0.6, max_px=3)
+    return tf.dynspread(shade_occupied(agg, colouring), threshold=0.6, max_px=3)
+
+
+def shade_occupied(agg, colouring: Colouring):
+    """Datashader's ``tf.shade`` of ``agg``, computed over the pixels that hold points only.
+
+    Empty pixels are transparent and take no part in the histogram equalisation, so shading just
+    the occupied ones (as one row) and placing them back gives Datashader's image exactly, at a
+    cost set by the points in view rather than by the plot's pixels (most of which are empty).
+    """
+    import datashader.transfer_functions as tf
+    import xarray as xr
+
+    values = agg.to_numpy()
+    occupied = values.sum(axis=2) > 0 if colouring.categorical else np.isfinite(values)
+    pixels = np.zeros(occupied.shape, np.uint32)
+    if occupied.any():
+        dims = ("y", "x", *agg.dims[2:])
+        row = xr.DataArray(values[occupied][np.newaxis], dims=dims, coords={d: agg.coords[d] for d in agg.dims[2:]})
+        if colouring.categorical:
+            shaded = tf.shade(row, color_key=colouring.colours, how="eq_hist", min_alpha=80)
+        else:
+            shaded = tf.shade(row, cmap=_palette(colouring.cmap), how="eq_hist")
+        pixels[occupied] = shaded.to_numpy()[0]
+    y, x = agg.dims[:2]
+    return tf.Image(pixels, dims=(y, x), coords={y: agg.coords[y], x: agg.coords[x]})
 
 
 def _palette(name: str) -> list[str]:
     from bokeh import palettes
 
     return list(palettes.all_palettes[name.capitalize()][256])
-
-
-# -- hover: one token, read when the cursor stops on it ---------------------------------------------
-def lazy_column(rows: np.ndarray, value: Callable[[int], object]):
-    """An xarray variable over ``rows`` whose values are computed only for the pixels read (the hovered one)."""
-    import xarray as xr
-    from xarray.backends import BackendArray
-    from xarray.core import indexing
-
-    class Column(BackendArray):
-        shape, dtype = rows.shape, np.dtype(object)
-
-        def __getitem__(self, key):
-            return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._read)
-
-        def _read(self, key):
-            picked = np.asarray(rows[key])
-            out = np.empty(picked.shape, object)
-            for where, row in np.ndenumerate(picked):
-                out[where] = value(int(row)) if row >= 0 else ""
-            return out
-
-    return xr.Variable(("y", "x"), indexing.LazilyIndexedArray(Column()))
-
-
-def raster_element(
-    points: HeadPoints,
-    show: tuple[str, ...],
-    colouring: Colouring,
-    x_range,
-    y_range,
-    width: int,
-    height: int,
-    describe: Callable[[int], dict],
-):
-    """An ``hv.RGB`` of the view whose server-side hover shows the token under the cursor.
-
-    ``describe(row)`` gives the hover columns of the point at ordered row ``row``.
-    """
-    import xarray as xr
-
-    from qkscale.dashboard.plotting import hv
-
-    image, rows = shade_view(points.map, show, colouring, x_range, y_range, width, height)
-    height, width = rows.shape
-    rgba = image.to_numpy().view(np.uint8).reshape(height, width, 4)
-    variables = {channel: xr.Variable(("y", "x"), rgba[:, :, i]) for i, channel in enumerate("RGBA")}
-    variables |= {column: lazy_column(rows, lambda row, c=column: describe(row)[c]) for column in HOVER_COLUMNS}
-    variables["__index__"] = xr.Variable(("y", "x"), rows)
-    dataset = xr.Dataset(variables, coords={"x": image.coords["x"].to_numpy(), "y": image.coords["y"].to_numpy()})
-    dataset.attrs["selector_columns"] = ["__index__", *HOVER_COLUMNS]
-    return hv.RGB(dataset, kdims=["x", "y"], vdims=list("RGBA"))
-
-
-def embedding_2d(points: HeadPoints, show: tuple[str, ...], colouring: Colouring, describe: Callable[[int], dict]):
-    """The 2D embedding, re-aggregated on the server on every zoom, pan and resize."""
-    from qkscale.dashboard.plotting import hv
-
-    def render(x_range=None, y_range=None, width=None, height=None, scale=1.0):
-        width, height = max(int(width or PLOT_SIZE), 50), max(int(height or PLOT_SIZE), 50)
-        started = time.perf_counter()
-        element = raster_element(
-            points, show, colouring, x_range or points.x_range, y_range or points.y_range, width, height, describe
-        )
-        milliseconds = (time.perf_counter() - started) * 1000
-        log.info("L%dH%d: drew %dx%d px in %.0f ms", points.layer, points.head, width, height, milliseconds)
-        return element
-
-    streams = [hv.streams.RangeXY(x_range=points.x_range, y_range=points.y_range), hv.streams.PlotSize()]
-    return hv.DynamicMap(render, streams=streams).opts(
-        hv.opts.RGB(
-            width=PLOT_SIZE,
-            height=PLOT_SIZE,
-            tools=["hover", "tap"],
-            hover_tooltips=HOVER,
-            active_tools=["wheel_zoom"],
-            xaxis=None,
-            yaxis=None,
-            title=f"L{points.layer}H{points.head} · {points.method} · {points.shown(show):,} points",
-        )
-    )
 
 
 # -- 3D: a sample ----------------------------------------------------------------------------------
@@ -364,46 +327,14 @@ def figure_page(figure, served: bool) -> str:
 MATCH_COLOUR = "#e41a1c"
 
 
-def match_points(points: HeadPoints, found: np.ndarray, show: tuple[str, ...]):
-    """The shown queries and keys of the tokens in ``found`` (search matches) as points."""
-    from qkscale.dashboard.plotting import hv
-
-    parts = [pd.DataFrame(points.coordinates(found, kind))[["x", "y"]] for kind in KINDS if kind in show]
-    return hv.Points(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"x": [], "y": []}), ["x", "y"])
+def match_coordinates(points: HeadPoints, found: np.ndarray, show: tuple[str, ...]) -> np.ndarray:
+    """The x, y of the shown queries and keys of the tokens in ``found`` (search matches): ``(n, 2)``."""
+    parts = [points.coordinates(found, kind) for kind in KINDS if kind in show]
+    return np.concatenate([np.column_stack([p["x"], p["y"]]) for p in parts]).astype(np.float64)
 
 
-def matches_layer(match_element):
-    """Search matches, datashaded like the embedding (any number of them) and grown to stay visible."""
-    from holoviews.operation.datashader import datashade, dynspread
-
-    shaded = datashade(match_element, cmap=[MATCH_COLOUR, MATCH_COLOUR], min_alpha=255)
-    return dynspread(shaded, threshold=0.9, max_px=4)
-
-
-def selection_layer(points: HeadPoints | None, token: int | None, kind: str, links: pd.DataFrame | None):
-    """Overlay: the clicked point (token ``token``'s query or key) and lines to its top-k links.
-
-    Always the same three layers (empty where nothing is selected), as a DynamicMap requires.
-    """
-    from qkscale.dashboard.plotting import hv
-
-    empty = pd.DataFrame({"x": [], "y": []})
-    segments, ends, star = [], empty, empty
-    if points is not None and token is not None and links is not None:
-        star = pd.DataFrame(points.coordinates(np.array([token]), kind))[["x", "y"]]
-        other = "k" if kind == "q" else "q"
-        ends = pd.DataFrame(points.coordinates(links["id"].to_numpy(), other))[["x", "y"]]
-        x, y = float(star["x"].iat[0]), float(star["y"].iat[0])
-        segments = [
-            (x, y, float(ex), float(ey), float(w))
-            for ex, ey, w in zip(ends["x"], ends["y"], links["weight"], strict=True)
-        ]
-    return hv.Overlay(
-        [
-            hv.Segments(segments, ["x0", "y0", "x1", "y1"], ["weight"]).opts(
-                color="black", line_width=hv.dim("weight") * 6 + 1, alpha=0.8
-            ),
-            hv.Points(ends, ["x", "y"]).opts(color="white", line_color="black", size=7),
-            hv.Points(star, ["x", "y"]).opts(color="black", marker="star", size=16),
-        ]
-    )
+def selection_points(points: HeadPoints, token: int, kind: str, links: pd.DataFrame):
+    """The clicked point (token ``token``'s query or key) as x, y, and the ``(n, 2)`` other ends of its links."""
+    star = points.coordinates(np.array([token]), kind)
+    ends = points.coordinates(links["id"].to_numpy(), "k" if kind == "q" else "q")
+    return np.array([star["x"][0], star["y"][0]], float), np.column_stack([ends["x"], ends["y"]]).astype(float)

@@ -67,21 +67,3 @@ def on_tap(element, action: Callable[[float, float], None]) -> None:
 
     tap = hv.streams.Tap(source=element, x=None, y=None)
     tap.add_subscriber(lambda x, y: None if x is None or y is None else action(x, y))
-
-
-def redrawn_on(callback: Callable, owner: param.Parameterized, names: list[str]):
-    """A DynamicMap of ``callback()`` redrawn whenever one of ``owner``'s parameters ``names`` changes.
-
-    Not memoized: the parameters may hold objects (search results) that HoloViews would hash.
-    """
-    from qkscale.dashboard.plotting import hv
-
-    redraw = hv.core.spaces.Callable(lambda **_: callback(), memoize=False)
-    return hv.DynamicMap(redraw, streams=[hv.streams.Params(owner, names)])
-
-
-def button(label: str, action: Callable[[], None], **params) -> pn.widgets.Button:
-    """A button that runs ``action()`` on every click."""
-    widget = pn.widgets.Button(label=label, **params)
-    widget.on_click(lambda event: action())
-    return widget

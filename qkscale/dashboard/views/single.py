@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import html
 
+import numpy as np
 import panel as pn
 import param
 
 from qkscale.dashboard import single
 from qkscale.dashboard.data import DashboardData
+from qkscale.dashboard.embedding import Head, LiveEmbedding
 from qkscale.dashboard.points import HeadPoints
 from qkscale.dashboard.state import SessionState
 from qkscale.dashboard.views.attention import attention_controls
-from qkscale.dashboard.views.base import View, button, guarded, lazy, on_tap, plot, redrawn_on
+from qkscale.dashboard.views.base import View, button, guarded, lazy
 from qkscale.dashboard.views.search import TokenSearch
 from qkscale.dashboard.views.token import TokenDetails
 from qkscale.errors import QKScaleError
 from qkscale.selection import format_selection
 
-SELECTION = ["token", "token_kind", "top_k", "hide_special"]  # what the clicked-token overlay draws from
+SELECTION = ["token", "token_kind", "top_k", "hide_special"]  # what the clicked token's overlay draws from
 
 
 class SingleHeadView(View):
@@ -27,6 +29,10 @@ class SingleHeadView(View):
     def __init__(self, data: DashboardData, state: SessionState, **params):
         super().__init__(data, state, **params)
         self.search = TokenSearch(data, state)
+        self.live = LiveEmbedding(on_tap=self._on_tap)
+        self.figure = pn.pane.Bokeh(self.live.figure)
+        self.search.param.watch(lambda event: self._mark(), "matches")
+        self.state.param.watch(lambda *events: self._draw_selection(), SELECTION)
 
     def __panel__(self):
         params = self.state.param
@@ -50,7 +56,7 @@ class SingleHeadView(View):
             pn.widgets.IntInput.from_param(params.top_k, label="top-k lines", width=100),
             *attention_controls(self.state),
         )
-        embedding = pn.Column(self._legend, lazy(self._embedding))
+        embedding = pn.Column(self._legend, lazy(self._embedding), self.figure)
         return pn.Column(nav, view, self.search, links, pn.Row(embedding, TokenDetails(self.data, self.state)))
 
     def step(self, layers: int, heads: int) -> None:
@@ -68,7 +74,9 @@ class SingleHeadView(View):
     @param.depends("state.layer", "state.head", "state.method", "state.dims", "state.colour", "state.show")
     @guarded
     def _embedding(self):
+        """The view's title (or why it cannot be drawn); a 2D head goes to the session's live figure."""
         state, store = self.state, self.data.store
+        self.live.hide()
         if (state.layer, state.head) not in self.data.heads:
             raise QKScaleError(
                 f"layer {state.layer} head {state.head} is not in this store (layers "
@@ -92,29 +100,42 @@ class SingleHeadView(View):
             pane = pn.pane.HTML(single.figure_page(figure, served), css_classes=["qk-embedding-3d"])
             return pn.Column(_title(points, len(frame)), pane)
         single.warm_up_in_background(colouring.label)  # before the first zoom of this colouring
-        embedding = single.embedding_2d(points, show, colouring, lambda row: self.data.hover(points, row))
-        matches = redrawn_on(
-            lambda: single.match_points(points, self.search.match_ids(), show), self.search, ["matches"]
-        )
-        overlay = redrawn_on(lambda: self._selection_overlay(points), state, SELECTION)
-        on_tap(embedding, lambda x, y: self._on_tap(points, show, x, y))
-        layers = (embedding * single.matches_layer(matches) * overlay).opts(xlim=points.x_range, ylim=points.y_range)
-        return pn.Column(_title(points, points.shown(show)), plot(layers, css_classes=["qk-embedding"]))
+        head = Head(points, show, colouring, lambda row: self.data.hover(points, row))
+        self.live.show(head, self._matches(head))
+        self._draw_selection()
+        return _title(points, points.shown(show))
 
-    def _selection_overlay(self, points: HeadPoints):
-        state = self.state
-        token, links = None, None
+    def _matches(self, head: Head):
+        """The search matches' coordinates in ``head`` (None without a search)."""
+        found = self.search.matches
+        return None if found is None else single.match_coordinates(head.points, found.ids, head.show)
+
+    def _mark(self) -> None:
+        if self.live.head is not None:
+            self.live.mark(self._matches(self.live.head))
+
+    def _draw_selection(self) -> None:
+        """Draw the clicked token and lines to its top-k links (nothing while no token is selected)."""
+        head, state = self.live.head, self.state
+        if head is None:
+            return
+        points = head.points
+        star, ends, weights = None, np.empty((0, 2)), np.empty(0)
         if 0 <= state.token < points.n_tokens:
-            token = state.token
             links = self.data.top_links(
                 state.token, state.token_kind, state.layer, state.head, state.top_k, state.hide_special
             )
-        return single.selection_layer(points, token, state.token_kind, links)
+            star, ends = single.selection_points(points, state.token, state.token_kind, links)
+            weights = links["weight"].to_numpy()
+        self.live.select(star, ends, weights)
 
-    def _on_tap(self, points: HeadPoints, show: tuple[str, ...], x: float, y: float) -> None:
-        row = points.map.nearest(x, y, show)
+    def _on_tap(self, x: float, y: float) -> None:
+        head = self.live.head
+        if head is None:
+            return
+        row = head.points.map.nearest(x, y, head.show)
         if row is not None:
-            self.select_point(points, row)
+            self.select_point(head.points, row)
 
     def select_point(self, points: HeadPoints, row: int) -> None:
         """Select the token of ordered point ``row`` of the head's map (as a query or a key) and show its document."""
