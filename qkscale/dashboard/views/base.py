@@ -67,3 +67,10 @@ def on_tap(element, action: Callable[[float, float], None]) -> None:
 
     tap = hv.streams.Tap(source=element, x=None, y=None)
     tap.add_subscriber(lambda x, y: None if x is None or y is None else action(x, y))
+
+
+def button(label: str, action: Callable[[], None], **params) -> pn.widgets.Button:
+    """A button that runs ``action()`` on every click."""
+    widget = pn.widgets.Button(label=label, **params)
+    widget.on_click(lambda event: action())
+    return widget
