@@ -321,7 +321,7 @@ def test_project_writes_thumbnails_and_the_dashboard_only_reads_them(data, dashb
     orange = (image[:, 0] > image[:, 2] + 40).sum()
     assert blue > 20 and orange > 20
     before = {p: p.stat().st_mtime_ns for p in dashboard_store.path.rglob("*") if p.is_file()}
-    matrix.matrix_element(dashboard_store, data.heads, set(data.projections()["pca-2d"]), "pca", 2)
+    matrix.matrix_image(dashboard_store, data.heads, set(data.projections()["pca-2d"]), "pca", 2)
     data.head_points(0, 0, "pca", 2)
     after = {p: p.stat().st_mtime_ns for p in dashboard_store.path.rglob("*") if p.is_file()}
     assert after == before
@@ -329,10 +329,15 @@ def test_project_writes_thumbnails_and_the_dashboard_only_reads_them(data, dashb
 
 def test_matrix_of_every_head_greys_unprojected_ones(data, dashboard_store):
     projected = set(data.projections()["umap-2d"])
-    element, grid = matrix.matrix_element(dashboard_store, data.heads, projected, "umap", 2)
-    assert len(grid) == 72
-    rgb = element.get(0).data if hasattr(element, "get") else None
-    assert rgb is not None
+    image = matrix.matrix_image(dashboard_store, data.heads, projected, "umap", 2)
+    assert len(image.grid) == 72 and len(image.labels) == 72 and image.without_thumbnail == 0
+    pixels = image.canvas.reshape(-1, 4)
+    greys = (pixels[:, :3] == matrix.MISSING_TILE[:3]).all(axis=1).sum()
+    tile_area = matrix.tile_pixels(image.grid) ** 2
+    assert greys == (72 - len(projected)) * tile_area  # every unprojected head is one grey tile, no more
+    assert data.matrix("umap", 2, "layer / head", None) is data.matrix("umap", 2, "layer / head", None)  # shared
+    figure = matrix.matrix_figure(image, lambda x, y: None)
+    assert figure.x_range.end == image.bounds[2] and "qk-matrix" in figure.css_classes
     ordered = matrix.ordered_heads(data.heads, "head similarity", data.metrics)
     assert sorted(ordered) == sorted(data.heads) and ordered != sorted(data.heads)
     labels = matrix.metric_label(data.metrics, "entropy")

@@ -14,11 +14,13 @@ import numpy as np
 import pandas as pd
 
 from qkscale.dashboard.cache import LRUCache
+from qkscale.dashboard.matrix import MatrixImage, matrix_image
 from qkscale.dashboard.points import KINDS, HeadPoints
 from qkscale.dashboard.tokens import CONTEXT_RADIUS, SearchResult, context_text, search_tokens
 from qkscale.errors import StoreError
 from qkscale.maps.attributes import CATEGORIES, PointAttributes
 from qkscale.maps.build import map_path
+from qkscale.maps.thumbnail import thumbnail_path
 from qkscale.store import Store, open_store
 from qkscale.store.kinds import TOKEN_KINDS
 from qkscale.store.projections import projection_path
@@ -26,6 +28,7 @@ from qkscale.store.projections import projection_path
 HEADS_KEPT = 8  # heads' maps kept open (memory-mapped: cheap)
 ATTENTION_KEPT = 128  # (document, head) attention matrices kept (each [T, T] float32: 1 MB at T = 512)
 TOKENS_KEPT = 4096  # hovered tokens' descriptions kept
+MATRICES_KEPT = 8  # composed matrices (one per projection, ordering and label) kept
 DEFAULT_METHODS = ("umap", "tsne", "pca")
 
 
@@ -39,6 +42,7 @@ class DashboardData:
         self._heads: LRUCache[HeadPoints] = LRUCache(HEADS_KEPT)
         self._attention: LRUCache[tuple[np.ndarray, np.ndarray]] = LRUCache(ATTENTION_KEPT)
         self._tokens: LRUCache[dict] = LRUCache(TOKENS_KEPT)
+        self._matrices: LRUCache[MatrixImage] = LRUCache(MATRICES_KEPT)
 
     # -- tokens ------------------------------------------------------------------------------
     @functools.cached_property
@@ -99,6 +103,15 @@ class DashboardData:
     @functools.cached_property
     def metrics(self) -> pd.DataFrame | None:
         return self.store.metrics if self.store.has_metrics else None
+
+    def matrix(self, method: str, dims: int, ordering: str, metric: str | None) -> MatrixImage:
+        """Every head's thumbnail on one canvas, composed once for all sessions (again once `project` writes one)."""
+        projected = tuple(self.projections().get(f"{method}-{dims}d", []))
+        written = tuple(_modified(thumbnail_path(self.store.path, method, dims, *head)) for head in projected)
+        return self._matrices.get(
+            (method, dims, ordering, metric, projected, written),
+            lambda: matrix_image(self.store, self.heads, set(projected), method, dims, ordering, self.metrics, metric),
+        )
 
     # -- per head --------------------------------------------------------------------------
     def head_points(self, layer: int, head: int, method: str, dims: int) -> HeadPoints:
@@ -218,3 +231,11 @@ class DashboardData:
 def attention_line(weights: np.ndarray, row: int, kind: str) -> np.ndarray:
     """What row ``row``'s token attends to (as a query, ``kind`` 'q') or is attended by (as a key)."""
     return weights[row] if kind == "q" else weights[:, row]
+
+
+def _modified(path) -> int:
+    """``path``'s modification time in ns, or -1 where it does not exist."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return -1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -80,17 +82,39 @@ def compose_tiles(grid: dict, images: dict, background) -> tuple[np.ndarray, tup
     return canvas, (0.0, 0.0, float(n_columns * TILE), float(n_rows * TILE))
 
 
+def label_places(grid: dict, text: dict[tuple[int, int], str]) -> list[tuple[float, float, str]]:
+    """Each head's text with the place of its label: the top left of its tile."""
+    return [(column * TILE + GAP, (row + 1) * TILE - GAP, text[head]) for head, (column, row) in grid.items()]
+
+
 def tile_labels(grid: dict, text: dict[tuple[int, int], str]):
     """An ``hv.Labels`` with each head's text at the top left of its tile."""
     from qkscale.dashboard.plotting import hv
 
-    labels = [(column * TILE + GAP, (row + 1) * TILE - GAP, text[head]) for head, (column, row) in grid.items()]
-    return hv.Labels(labels, ["x", "y"], "text").opts(
+    return hv.Labels(label_places(grid, text), ["x", "y"], "text").opts(
         text_font_size="8pt", text_align="left", text_baseline="top", text_color="black"
     )
 
 
-def matrix_element(
+@dataclass(frozen=True)
+class MatrixImage:
+    """The matrix as data: the composed thumbnails, their bounds in tile units, each head's label and cell."""
+
+    canvas: np.ndarray  # (rows, columns, 4) uint8, the top row first
+    bounds: tuple[float, float, float, float]  # left, bottom, right, top
+    labels: list[tuple[float, float, str]]  # x, y (top left of a tile) and text
+    grid: dict[tuple[int, int], tuple[int, int]]
+    title: str
+    without_thumbnail: int  # projected heads whose thumbnail is missing (drawn pale orange)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The figure's width and height in pixels."""
+        n_columns, n_rows = int(self.bounds[2]), int(self.bounds[3])
+        return min(1400, 110 * n_columns + 40), min(1100, 110 * n_rows + 60)
+
+
+def matrix_image(
     store: Store,
     heads: list[tuple[int, int]],
     projected: set[tuple[int, int]],
@@ -99,16 +123,14 @@ def matrix_element(
     ordering: str = "layer / head",
     metrics: pd.DataFrame | None = None,
     metric: str | None = None,
-):
-    """Every head's thumbnail (grey where not projected) on one RGB canvas, with L/H and metric labels."""
+) -> MatrixImage:
+    """Every head's thumbnail (grey where not projected) on one RGBA canvas, with L/H and metric labels."""
     from PIL import Image
-
-    from qkscale.dashboard.plotting import hv
 
     order = ordered_heads(heads, ordering, metrics)
     grid = tile_grid(order, len(store.heads) if ordering == "head similarity" else None)
     pixels = tile_pixels(grid)
-    images = {}
+    images, without_thumbnail = {}, 0
     for layer, head in order:
         tile = Image.new("RGBA", (THUMBNAIL_PIXELS, THUMBNAIL_PIXELS), MISSING_TILE)
         path = thumbnail_path(store.path, method, dims, layer, head)
@@ -117,19 +139,45 @@ def matrix_element(
             tile = Image.alpha_composite(Image.new("RGBA", png.size, TILE_BACKGROUND), png)
         elif (layer, head) in projected:
             tile = Image.new("RGBA", (THUMBNAIL_PIXELS, THUMBNAIL_PIXELS), NO_THUMBNAIL)
+            without_thumbnail += 1
         if pixels < THUMBNAIL_PIXELS:
             tile = tile.resize((pixels, pixels), Image.Resampling.BOX)
         images[(layer, head)] = np.asarray(tile)
     canvas, bounds = compose_tiles(grid, images, (255, 255, 255, 255))
     extra = metric_label(metrics, metric)
-    text = {h: f"L{h[0]}H{h[1]}{extra.get(h, '')}" for h in order}
-    n_columns, n_rows = int(bounds[2]), int(bounds[3])
-    element = (hv.RGB(canvas, bounds=bounds).opts(tools=["tap"]) * tile_labels(grid, text)).opts(
-        width=min(1400, 110 * n_columns + 40),
-        height=min(1100, 110 * n_rows + 60),
-        xaxis=None,
-        yaxis=None,
-        toolbar=None,
-        title=f"{method} {dims}D · queries blue, keys orange · grey: not projected · click a head to open it",
+    labels = label_places(grid, {head: f"L{head[0]}H{head[1]}{extra.get(head, '')}" for head in order})
+    title = f"{method} {dims}D · queries blue, keys orange · grey: not projected · click a head to open it"
+    return MatrixImage(canvas, bounds, labels, grid, title, without_thumbnail)
+
+
+def matrix_figure(image: MatrixImage, on_tap: Callable[[float, float], None]):
+    """A Bokeh figure of ``image`` (one image and its labels) that calls ``on_tap(x, y)`` on every click.
+
+    Made per session (a figure belongs to one document) from the image all sessions share.
+    """
+    from bokeh.events import Tap
+    from bokeh.models import Range1d
+    from bokeh.plotting import figure
+
+    left, bottom, right, top = image.bounds
+    width, height = image.size
+    plot = figure(
+        width=width,
+        height=height,
+        x_range=Range1d(left, right),
+        y_range=Range1d(bottom, top),
+        tools="tap",
+        toolbar_location=None,
+        title=image.title,
+        x_axis_location=None,
+        y_axis_location=None,
+        css_classes=["qk-matrix"],
     )
-    return element, grid
+    plot.grid.visible = False
+    rows, columns = image.canvas.shape[:2]
+    rgba = np.ascontiguousarray(image.canvas[::-1]).view(np.uint32).reshape(rows, columns)  # Bokeh: bottom row first
+    plot.image_rgba(image=[rgba], x=left, y=bottom, dw=right - left, dh=top - bottom)
+    xs, ys, texts = (list(column) for column in zip(*image.labels, strict=True))
+    plot.text(x=xs, y=ys, text=texts, text_font_size="8pt", text_align="left", text_baseline="top", text_color="black")
+    plot.on_event(Tap, lambda event: None if event.x is None else on_tap(event.x, event.y))
+    return plot

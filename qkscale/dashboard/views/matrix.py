@@ -8,9 +8,8 @@ import panel as pn
 import param
 
 from qkscale.dashboard import matrix
-from qkscale.dashboard.views.base import View, guarded, on_tap, plot
+from qkscale.dashboard.views.base import View, guarded
 from qkscale.errors import QKScaleError
-from qkscale.maps.thumbnail import thumbnail_path
 
 
 class MatrixView(View):
@@ -32,31 +31,21 @@ class MatrixView(View):
     def _matrix(self):
         state, data = self.state, self.data
         key = f"{state.method}-{state.dims}d"
-        projected = set(data.projections().get(key, []))
+        projected = data.projections().get(key, [])
         if not projected:
             raise QKScaleError(
                 f"this store has no {state.method} {state.dims}D projections yet; make them with "
                 f"`qkscale project {data.store.path} --method {state.method} --dims {state.dims}`"
             )
-        element, grid = matrix.matrix_element(
-            data.store,
-            data.heads,
-            projected,
-            state.method,
-            state.dims,
-            state.ordering,
-            data.metrics,
-            state.label_metric,
-        )
-        on_tap(element, lambda x, y: self._open(matrix.head_at(grid, x, y)))
-        text = f"<span class='qk-count'>{len(grid)} heads</span>, {len(projected)} with a {html.escape(key)} projection"
-        missing = [h for h in projected if not thumbnail_path(data.store.path, state.method, state.dims, *h).is_file()]
-        if missing:
+        image = data.matrix(state.method, state.dims, state.ordering, state.label_metric)
+        figure = matrix.matrix_figure(image, lambda x, y: self._open(matrix.head_at(image.grid, x, y)))
+        text = f"<span class='qk-count'>{len(image.grid)} heads</span>, "
+        text += f"{len(projected)} with a {html.escape(key)} projection"
+        if image.without_thumbnail:
             command = f"qkscale project {data.store.path} --method {state.method} --dims {state.dims}"
-            text += f"; {len(missing)} without a thumbnail (pale orange): write them with "
+            text += f"; {image.without_thumbnail} without a thumbnail (pale orange): write them with "
             text += f"<code>{html.escape(command)}</code>"
-        note = pn.pane.HTML(text)
-        return pn.Column(note, plot(element, css_classes=["qk-matrix"]))
+        return pn.Column(pn.pane.HTML(text), pn.pane.Bokeh(figure))
 
     def _open(self, head: tuple[int, int] | None) -> None:
         if head is not None:
