@@ -86,12 +86,8 @@ class Session:
             raise ActionTimeout(f"{what}: no answer within {self.timeout:.0f} s")
 
     def pause(self, seconds: float) -> None:
-        """Let ``seconds`` pass as a user does between actions (what the server sends meanwhile is taken in)."""
-        if seconds > 0:
-            deadline = time.monotonic() + seconds
-            handle = self.loop.call_later(seconds, self.loop.stop)
-            self.client._connection._loop_until(lambda: time.monotonic() >= deadline)
-            self.loop.remove_timeout(handle)
+        """Let ``seconds`` pass as a user does between actions (what the server sends meanwhile waits in the socket)."""
+        time.sleep(seconds)
 
     def find(self, kind: str | tuple[str, ...], test: Callable[[Any], bool] = lambda model: True) -> list:
         """The document's models of class ``kind`` (or of one of ``kind``) that pass ``test``."""
