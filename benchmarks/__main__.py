@@ -86,8 +86,11 @@ def parts(args: argparse.Namespace, store: Callable[[], Path], work: Path) -> di
             "--repeats",
             "3" if quick else "5",
         ],  # fmt: skip
-        # concurrent Bokeh client sessions: matrix, a head, three zooms and a click each
-        "load": lambda: ["--store", str(store()), "--sessions", "10" if quick else "50"],
+        # concurrent Bokeh client sessions, one every 2 s, 2 s between actions: matrix, head, 3 zooms, click
+        "load": lambda: [
+            *("--store", str(store()), "--sessions", "10" if quick else "50"),
+            *("--arrival", "2", "--think", "2"),
+        ],
         # quick: 200 documents, PCA of layer 0 (UMAP in a fresh job first compiles umap-learn: ~75 s)
         "endtoend": lambda: [
             "--spec",

@@ -119,8 +119,10 @@ def dashboard(report: dict[str, Any]) -> Iterator[Row]:
 
 def load(section: dict[str, Any]) -> Iterator[Row]:
     zoom = section["actions_s"]["zoom"]
+    arrival, think = section.get("arrival_s", 0.0), section.get("think_s", 0.0)
+    pace = f"one every {arrival:g} s, {think:g} s between actions" if arrival or think else "all at once"
     yield (
-        f"{section['sessions']} concurrent sessions (matrix, head, 3 zooms, click each)",
+        f"{section['sessions']} concurrent sessions ({pace}; matrix, head, 3 zooms, click each)",
         f"zoom p95 {_s(zoom['p95'])} (p50 {_s(zoom['p50'])}); {section['errors']} errors; "
         f"server peak {section['server_peak_rss_mib']:.0f} MiB",
         "goal: no error, zoom p95 <= 1 s on 2 cores",

@@ -128,4 +128,4 @@ def test_load_benchmark_serves_every_session(dashboard_store, tmp_path):
     counts = {action: figure["n"] for action, figure in section["actions_s"].items()}
     assert counts == {"matrix": 3, "open_head": 3, "zoom": 9, "click": 3}
     assert section["server_peak_rss_mib"] > 0
-    assert "3 concurrent sessions" in headline.markdown(list(headline.load(section)))
+    assert "3 concurrent sessions (all at once;" in headline.markdown(list(headline.load(section)))
