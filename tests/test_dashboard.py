@@ -369,3 +369,12 @@ def test_warm_up_compiles_a_colouring_once():
     assert "norm" in single._warmed
     single.warm_up_in_background("norm")  # already done: no thread
     assert not [t for t in threading.enumerate() if t.name == "qkscale-warm-up-norm"]
+
+
+def test_serving_compiles_the_default_drawing_before_the_port_opens(dashboard_store):
+    from qkscale.dashboard import server
+    from qkscale.dashboard.state import SessionState
+
+    data = server.prepare(dashboard_store.path)
+    assert data.store.path == dashboard_store.path
+    assert SessionState.param.colour.default in single._warmed  # no first zoom waits for numba
