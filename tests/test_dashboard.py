@@ -254,6 +254,21 @@ def test_live_embedding_draws_the_view_and_reads_only_the_hovered_token(data, to
     assert not live.figure.visible
 
 
+def test_a_request_overtaken_by_a_newer_one_never_reaches_the_figure(data):
+    """Two of Panel's threads may draw for one session at once; the older drawing must not land last."""
+    live = LiveEmbedding(on_tap=lambda x, y: None)
+    colouring = single.COLOURINGS["query / key"]
+    heads = [Head(data.head_points(0, h, "pca", 2), ("q", "k"), colouring, lambda row: {}) for h in (1, 2)]
+    older, newer = (live._ticket("image") for _ in heads)
+    applied = []
+    live._apply("image", newer, lambda: applied.append("newer"))
+    live._apply("image", older, lambda: applied.append("older"))
+    assert applied == ["newer"]
+    live.show(heads[0])
+    live.show(heads[1])
+    assert live.figure.tags == ["L0H2"] and live.drawn.head is heads[1] and live.head is heads[1]
+
+
 def test_nearest_point_respects_shown_kinds(data):
     points = data.head_points(1, 0, "umap", 2)
     key_row = points.row_of(5, "k")

@@ -11,6 +11,7 @@ the token under it, read when the cursor stops there.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ class Head:
 
 @dataclass(frozen=True)
 class Drawn:
-    """The image last sent: its ranges and the ordered row of one shown point under each pixel (-1 if none)."""
+    """An image drawn: its head, its ranges and the ordered row of one shown point under each pixel (-1 if none)."""
 
+    head: Head
     x_range: tuple[float, float]
     y_range: tuple[float, float]
     rows: np.ndarray
@@ -94,10 +96,12 @@ class LiveEmbedding:
         self.hover.on_change("xy", lambda attr, old, new: self._on_hover(new))
         self.figure.on_event(RangesUpdate, lambda event: self._on_ranges(event))
         self.figure.on_event(Tap, lambda event: None if event.x is None else on_tap(event.x, event.y))
-        self.head: Head | None = None
-        self.drawn: Drawn | None = None
-        self.view: tuple[tuple[float, float], tuple[float, float]] | None = None  # the ranges asked for last
+        self.head: Head | None = None  # what was asked for last (the head, its marks, the ranges) ...
         self.marked: np.ndarray | None = None
+        self.view: tuple[tuple[float, float], tuple[float, float]] | None = None
+        self.drawn: Drawn | None = None  # ... and what the figure shows now
+        self._tickets = dict.fromkeys(("image", "selection", "hover"), 0)
+        self._asking = threading.Lock()
         self._wanted = None
         self._pending = False
 
@@ -107,29 +111,36 @@ class LiveEmbedding:
 
         The figure's ``tags`` then name the head (``["L3H0"]``): the page's title says it in words.
         """
-        self.head, self.marked = head, marked
         x_range, y_range = head.points.x_range, head.points.y_range
-        data = self._draw(x_range, y_range)
+        with self._asking:
+            self.head, self.marked, self.view = head, marked, (x_range, y_range)
+            ticket = self._ticket("image")
+        data, drawn = self._draw(head, marked, x_range, y_range)
 
         def change():
             for axis, (start, end) in ((self.figure.x_range, x_range), (self.figure.y_range, y_range)):
                 axis.update(start=start, end=end, reset_start=start, reset_end=end)
             self.figure.tags = [f"L{head.points.layer}H{head.points.head}"]
-            self.image.data = data
+            self.drawn, self.image.data = drawn, data
             self.figure.visible = True
 
-        self._apply(change)
+        self._apply("image", ticket, change)
 
     def hide(self) -> None:
         """Hide the figure (no 2D head to show)."""
-        self._apply(lambda: setattr(self.figure, "visible", False))
+        with self._asking:
+            self.head = None
+            ticket = self._ticket("image")
+        self._apply("image", ticket, lambda: setattr(self.figure, "visible", False))
 
     def mark(self, marked: np.ndarray | None) -> None:
         """Draw the points ``marked`` (search matches: ``(n, 2)`` x, y) over the current view."""
-        self.marked = marked
-        if self.head is not None and self.view is not None:
-            data = self._draw(*self.view)
-            self._apply(lambda: setattr(self.image, "data", data))
+        with self._asking:
+            self.marked = marked
+            if self.head is None:
+                return
+            head, view, ticket = self.head, self.view, self._ticket("image")
+        self._redraw(head, marked, view, ticket)
 
     def select(self, star: np.ndarray | None, ends: np.ndarray, weights: np.ndarray) -> None:
         """Draw the clicked point ``star`` (x, y) and lines to its links' ends ``(n, 2)``, as thick as ``weights``."""
@@ -150,29 +161,35 @@ class LiveEmbedding:
             self.ends.data = {"x": ends[:, 0], "y": ends[:, 1]} if len(ends) else {"x": [], "y": []}
             self.star.data = star_data
 
-        self._apply(change)
+        with self._asking:
+            ticket = self._ticket("selection")
+        self._apply("selection", ticket, change)
 
     # -- the server's side of zoom, pan and hover ----------------------------------------------
     def zoom_to(self, x_range: tuple[float, float], y_range: tuple[float, float]) -> None:
         """Redraw for the ranges the browser now shows."""
-        if self.head is None:
-            return
-        data = self._draw(x_range, y_range)
-        self._apply(lambda: setattr(self.image, "data", data))
+        with self._asking:
+            if self.head is None:
+                return
+            self.view = (tuple(x_range), tuple(y_range))
+            head, marked, ticket = self.head, self.marked, self._ticket("image")
+        self._redraw(head, marked, self.view, ticket)
 
     def hovered(self, x: float, y: float) -> dict:
-        """The hover columns of the point under (x, y), with its ``__index__`` (-1 and nothing else if none)."""
-        drawn, head = self.drawn, self.head
+        """The hover columns of the shown point under (x, y), with its ``__index__`` (-1 and nothing else if none)."""
+        drawn = self.drawn
         row = drawn.row_at(x, y) if drawn is not None else NOTHING
-        if head is None or row < 0:
+        if row < 0:
             return {"__index__": NOTHING}
-        described = head.describe(row)
+        described = drawn.head.describe(row)
         return {"__index__": row, **{column: str(described[column]) for column in single.HOVER_COLUMNS}}
 
     def _on_hover(self, xy: list[float]) -> None:
         if len(xy) == 2 and np.isfinite(xy).all():
+            with self._asking:
+                ticket = self._ticket("hover")
             data = self.hovered(*xy)
-            self._apply(lambda: setattr(self.hover, "data", data))
+            self._apply("hover", ticket, lambda: setattr(self.hover, "data", data))
 
     def _on_ranges(self, event) -> None:
         """Coalesce the range updates of one gesture, then draw the last."""
@@ -189,31 +206,50 @@ class LiveEmbedding:
         if self._wanted is not None:
             self.zoom_to(*self._wanted)
 
-    def _draw(self, x_range, y_range) -> dict:
-        """The image data of the view over ``x_range``, ``y_range`` (snapped to the pyramid's cells when zoomed out)."""
-        head = self.head
+    def _redraw(self, head: Head, marked, view, ticket: int) -> None:
+        data, drawn = self._draw(head, marked, *view)
+
+        def change():
+            self.drawn, self.image.data = drawn, data
+
+        self._apply("image", ticket, change)
+
+    def _draw(self, head: Head, marked, x_range, y_range) -> tuple[dict, Drawn]:
+        """The image data of ``head`` over ``x_range``, ``y_range`` (snapped to the pyramid's cells when zoomed out)."""
         width, height = _inner_size(self.figure)
         started = time.perf_counter()
         image, rows = single.shade_view(
-            head.points.map, head.show, head.colouring, x_range, y_range, width, height, self.marked
+            head.points.map, head.show, head.colouring, x_range, y_range, width, height, marked
         )
         (x0, x1), (y0, y1) = image.attrs["x_range"], image.attrs["y_range"]
-        self.view, self.drawn = (tuple(x_range), tuple(y_range)), Drawn((x0, x1), (y0, y1), rows)
         milliseconds = (time.perf_counter() - started) * 1000
         log.info("L%dH%d: drew %dx%d px in %.0f ms", head.points.layer, head.points.head, width, height, milliseconds)
-        return {"image": [image.to_numpy()], "x": [x0], "y": [y0], "dw": [x1 - x0], "dh": [y1 - y0]}
+        data = {"image": [image.to_numpy()], "x": [x0], "y": [y0], "dw": [x1 - x0], "dh": [y1 - y0]}
+        return data, Drawn(head, (x0, x1), (y0, y1), rows)
 
-    def _apply(self, change: Callable[[], None]) -> None:
-        """Make a change to the figure's models: at once when not served, else on the document's loop.
+    def _ticket(self, kind: str) -> int:
+        """Number a request of ``kind`` (under ``_asking``): only the newest of each kind reaches the figure."""
+        self._tickets[kind] += 1
+        return self._tickets[kind]
 
-        Served, the caller may be one of Panel's threads; Bokeh documents may only be changed from
-        their loop, and ``add_next_tick_callback`` is the way there that is safe from any thread.
+    def _apply(self, kind: str, ticket: int, change: Callable[[], None]) -> None:
+        """Make a change to the figure's models, unless a newer request of its ``kind`` came meanwhile.
+
+        At once when not served, else on the document's loop: served, the caller may be one of
+        Panel's threads (two of them may draw for one session at once, finishing in either order);
+        Bokeh documents may only be changed from their loop, and ``add_next_tick_callback`` is the
+        way there that is safe from any thread.
         """
+
+        def newest_only():
+            if self._tickets[kind] == ticket:
+                change()
+
         document = self.figure.document
         if document is None or document.session_context is None:
-            change()
+            newest_only()
         else:
-            document.add_next_tick_callback(change)
+            document.add_next_tick_callback(newest_only)
 
 
 def _inner_size(figure) -> tuple[int, int]:

@@ -130,9 +130,10 @@ class SingleHeadView(View):
         self.live.select(star, ends, weights)
 
     def _on_tap(self, x: float, y: float) -> None:
-        head = self.live.head
-        if head is None:
+        drawn = self.live.drawn  # the head the user sees and clicked on
+        if drawn is None:
             return
+        head = drawn.head
         row = head.points.map.nearest(x, y, head.show)
         if row is not None:
             self.select_point(head.points, row)
