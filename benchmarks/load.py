@@ -77,13 +77,19 @@ class Session:
         self.client = pull_session(url=url, io_loop=self.loop)
         self.doc = self.client.document
 
-    def wait(self, done: Callable[[], bool], what: str) -> None:
-        """Run this session's IO loop (the server's patches arrive) until ``done()``."""
+    def wait(self, done: Callable[[], bool], what: str, shown: Callable[[], str] = lambda: "") -> None:
+        """Run this session's IO loop (the server's patches arrive) until ``done()``; ``shown()`` says what is there."""
         handle = self.loop.call_later(self.timeout, self.loop.stop)  # waiting for a message: stop the loop itself
         self.client._connection._loop_until(done)  # checked after every message from the server
         self.loop.remove_timeout(handle)
         if not done():
-            raise ActionTimeout(f"{what}: no answer within {self.timeout:.0f} s")
+            raise ActionTimeout(f"{what}: no answer within {self.timeout:.0f} s{shown()}")
+
+    def single_head_state(self) -> str:
+        """What the single-head view shows (for an error): its selectors' values and the figures' tags."""
+        values = {title: [w.value for w in self.selector(title)] for title in ("projection", "layer", "head")}
+        tags = [figure.tags for figure in self.find("figure")]
+        return f" (selectors {values}, figures tagged {tags})"
 
     def pause(self, seconds: float) -> None:
         """Let ``seconds`` pass as a user does between actions (what the server sends meanwhile waits in the socket)."""
@@ -163,7 +169,7 @@ def run_session(
         select(session, "projection", method)
         select(session, "layer", f"L{layer}")
         select(session, "head", str(head))
-        session.wait(lambda: session.embedding(layer, head) is not None, "open head")
+        session.wait(lambda: session.embedding(layer, head) is not None, "open head", session.single_head_state)
         times["open_head"].append(time.perf_counter() - started)
 
         figure = session.embedding(layer, head)

@@ -256,3 +256,34 @@ def test_image_view_on_a_vision_store(tmp_path):
     shown = view._image()
     assert "attention" in shown[0].object
     _render(view)
+
+
+def test_the_url_opens_the_view_it_names_and_follows_the_view_shown(data, state):
+    from panel.io.location import Location
+
+    from qkscale.dashboard.app import URL_PARAMETERS
+    from qkscale.dashboard.link import follow_and_keep
+
+    board = Dashboard(data, state)
+    location = Location(search="?tab=1&layer=2&head=3&method=pca&dims=2&colour=nowhere")
+    follow_and_keep(location, [(state, URL_PARAMETERS), (board, ("tab",))])
+    assert (board.tab, state.layer, state.head, state.method) == (1, 2, 3, "pca")
+    assert state.colour == SessionState.param.colour.default  # a value the store cannot name: the default stays
+    state.head = 5
+    assert location.query_params["head"] == 5 and location.query_params["layer"] == 2
+
+    def choose(name: str, values) -> None:
+        for value in values:
+            setattr(state, name, value)
+
+    # Two of the server's threads change the view at once: no older URL ever comes back into the state.
+    threads = [
+        threading.Thread(target=choose, args=("head", [0, 1, 2, 3] * 50 + [7])),
+        threading.Thread(target=choose, args=("layer", [0, 1, 3] * 50 + [4])),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (state.layer, state.head) == (4, 7)
+    assert (location.query_params["layer"], location.query_params["head"]) == (4, 7)

@@ -6,13 +6,13 @@ it and the session's state the first time its tab opens.
 
 from __future__ import annotations
 
-import contextlib
 import html
 
 import panel as pn
 import param
 
 from qkscale.dashboard.data import DashboardData
+from qkscale.dashboard.link import follow_and_keep
 from qkscale.dashboard.state import SINGLE_HEAD, SessionState
 from qkscale.dashboard.views.aggregate import AggregateView
 from qkscale.dashboard.views.base import View
@@ -80,12 +80,9 @@ class Dashboard(pn.viewable.Viewer):
         self.state.tab = name
 
     def _sync_url(self) -> None:
-        """Keep the view in the URL (``?tab=1&layer=3&head=0&method=umap``): links open the same head."""
-        if pn.state.location is None:
-            return
-        with contextlib.suppress(ValueError):  # a hand-edited URL naming what this store lacks: keep the defaults
-            pn.state.location.sync(self, {"tab": "tab"})
-            pn.state.location.sync(self.state, {name: name for name in URL_PARAMETERS})
+        """Open the view the URL names (``?tab=1&layer=3&head=0&method=umap``) and keep it there: links open it."""
+        if pn.state.location is not None:
+            follow_and_keep(pn.state.location, [(self.state, URL_PARAMETERS), (self, ("tab",))])
 
 
 def load_extensions() -> None:
