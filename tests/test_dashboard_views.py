@@ -287,3 +287,29 @@ def test_the_url_opens_the_view_it_names_and_follows_the_view_shown(data, state)
         thread.join()
     assert (state.layer, state.head) == (4, 7)
     assert (location.query_params["layer"], location.query_params["head"]) == (4, 7)
+
+
+def test_the_embedding_ends_showing_the_state_when_two_threads_change_it_at_once(data, state, monkeypatch):
+    """A thread that read the state just before another changed it must not leave its older head shown."""
+    view = SingleHeadView(data, state)
+    view.__panel__()
+    state.param.update(method="pca", dims=2, layer=0, head=0)
+    pn.panel(view._embedding).get_root()  # as the tab shows it: redrawn on every change of the state
+    reading, other_done = threading.Event(), threading.Event()
+    head_points = data.head_points
+
+    def slow_for_the_old_head(layer, head, method, dims):
+        if threading.current_thread().name == "changes-layer" and head == 0 and not other_done.is_set():
+            reading.set()
+            other_done.wait(60)  # the other thread changes the head and draws meanwhile
+        return head_points(layer, head, method, dims)
+
+    monkeypatch.setattr(data, "head_points", slow_for_the_old_head)
+    changes_layer = threading.Thread(target=lambda: setattr(state, "layer", 4), name="changes-layer")
+    changes_layer.start()
+    assert reading.wait(60)
+    state.head = 7  # drawn at once, in this thread, while the other still draws layer 4 head 0
+    other_done.set()
+    changes_layer.join()
+    assert (state.layer, state.head) == (4, 7)
+    assert view.live.figure.tags == ["L4H7"] and view.live.drawn.head.points.head == 7

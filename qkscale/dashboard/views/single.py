@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from typing import NamedTuple
 
 import numpy as np
 import panel as pn
@@ -21,6 +22,21 @@ from qkscale.errors import QKScaleError
 from qkscale.selection import format_selection
 
 SELECTION = ["token", "token_kind", "top_k", "hide_special"]  # what the clicked token's overlay draws from
+
+
+class Shown(NamedTuple):
+    """What of the session's state the embedding shows."""
+
+    layer: int
+    head: int
+    method: str
+    dims: int
+    colour: str
+    show: tuple[str, ...]
+
+    @classmethod
+    def of(cls, state: SessionState) -> Shown:
+        return cls(state.layer, state.head, state.method, state.dims, state.colour, tuple(state.show))
 
 
 class SingleHeadView(View):
@@ -71,39 +87,49 @@ class SingleHeadView(View):
         legend = single.COLOURINGS[self.state.colour].legend()
         return pn.pane.HTML(f"{legend} &nbsp; <span style='color:#666'>hover a point for its token; click it</span>")
 
-    @param.depends("state.layer", "state.head", "state.method", "state.dims", "state.colour", "state.show")
+    @param.depends(*(f"state.{name}" for name in Shown._fields))
     @guarded
     def _embedding(self):
-        """The view's title (or why it cannot be drawn); a 2D head goes to the session's live figure."""
-        state, store = self.state, self.data.store
+        """The view's title (or why it cannot be drawn); a 2D head goes to the session's live figure.
+
+        Drawn again if the state changed while drawing: two of the server's threads may change it
+        at once, and the figure must end showing what the state says.
+        """
+        while True:
+            wanted = Shown.of(self.state)
+            title = self._draw(wanted)
+            if Shown.of(self.state) == wanted:
+                return title
+
+    def _draw(self, wanted: Shown):
+        store = self.data.store
         self.live.hide()
-        if (state.layer, state.head) not in self.data.heads:
+        if (wanted.layer, wanted.head) not in self.data.heads:
             raise QKScaleError(
-                f"layer {state.layer} head {state.head} is not in this store (layers "
+                f"layer {wanted.layer} head {wanted.head} is not in this store (layers "
                 f"{format_selection(store.layers)}; heads {format_selection(store.heads)})"
             )
-        if not self.data.has_projection(state.layer, state.head, state.method, state.dims):
+        if not self.data.has_projection(wanted.layer, wanted.head, wanted.method, wanted.dims):
             raise QKScaleError(
-                f"layer {state.layer} head {state.head} has no {state.method} {state.dims}D projection; make it with "
-                f"`qkscale project {store.path} --method {state.method} --dims {state.dims} "
-                f"--layers {state.layer} --heads {state.head}`"
+                f"layer {wanted.layer} head {wanted.head} has no {wanted.method} {wanted.dims}D projection; make it "
+                f"with `qkscale project {store.path} --method {wanted.method} --dims {wanted.dims} "
+                f"--layers {wanted.layer} --heads {wanted.head}`"
             )
-        if not state.show:
+        if not wanted.show:
             raise QKScaleError("choose queries, keys or both to show")
-        points = self.data.head_points(state.layer, state.head, state.method, state.dims)
-        colouring = single.COLOURINGS[state.colour]
-        show = tuple(state.show)
-        if state.dims == 3:
-            frame = self.data.sample_3d(points, show)
+        points = self.data.head_points(wanted.layer, wanted.head, wanted.method, wanted.dims)
+        colouring = single.COLOURINGS[wanted.colour]
+        if wanted.dims == 3:
+            frame = self.data.sample_3d(points, wanted.show)
             figure = single.embedding_3d(frame, colouring, _title_text(points, len(frame)))
             served = pn.state.curdoc is not None and pn.state.curdoc.session_context is not None
             pane = pn.pane.HTML(single.figure_page(figure, served), css_classes=["qk-embedding-3d"])
             return pn.Column(_title(points, len(frame)), pane)
         single.warm_up_in_background(colouring.label)  # before the first zoom of this colouring
-        head = Head(points, show, colouring, lambda row: self.data.hover(points, row))
+        head = Head(points, wanted.show, colouring, lambda row: self.data.hover(points, row))
         self.live.show(head, self._matches(head))
         self._draw_selection()
-        return _title(points, points.shown(show))
+        return _title(points, points.shown(wanted.show))
 
     def _matches(self, head: Head):
         """The search matches' coordinates in ``head`` (None without a search)."""
