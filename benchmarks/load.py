@@ -1,8 +1,9 @@
 """Load test of the served dashboard: many concurrent sessions on loopback, each doing what a user does.
 
-Starts ``qkscale serve STORE`` as a user would, then opens ``--sessions`` Bokeh client sessions at
-once (``bokeh.client.pull_session``, each in its own thread with its own IO loop: a browser without
-the drawing). Each session
+Starts ``qkscale serve STORE`` as a user would, then opens ``--sessions`` Bokeh client sessions
+(``bokeh.client.pull_session``, each in its own thread with its own IO loop: a browser without the
+drawing), all at once or one every ``--arrival`` seconds, pausing ``--think`` seconds between
+actions; all stay connected until the last is done. Each session
 
 - opens the matrix (the session's document, built by the server, arrives),
 - opens a head (the single-head tab, then its own layer and head: sessions spread over the heads),
@@ -48,9 +49,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--zooms", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4, help="qkscale serve --threads")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds an action may take before it is an error")
-    parser.add_argument(
-        "--client-processes", type=int, default=1, help="processes the sessions are spread over (threads in each)"
-    )
     parser.add_argument(
         "--think", type=float, default=0.0, help="seconds a user pauses before each action after the first"
     )
@@ -147,7 +145,7 @@ def run_session(
     """One user's actions, each timed into ``times``; raises on the first that fails.
 
     ``settings``: ``zooms``, ``timeout`` (of an action) and ``think`` (seconds the user pauses
-    before each action after the first, the session's IO loop running meanwhile).
+    before each action after the first).
 
     The session stays connected until ``done`` (a barrier of all sessions) lets it go, so that every
     session is open at once.
@@ -216,49 +214,6 @@ def percentiles(values: list[float]) -> dict[str, float | int]:
     }
 
 
-class Shared:
-    """What the sessions of all client processes share: start and end barriers, and the count of open sessions."""
-
-    def __init__(self, context, sessions: int):
-        self.gate, self.finished = context.Barrier(sessions), context.Barrier(sessions)
-        self.open_now, self.peak_open = context.Value("i", 0), context.Value("i", 0)
-
-    def opened(self, change: int) -> None:
-        with self.open_now.get_lock():
-            self.open_now.value += change
-            self.peak_open.value = max(self.peak_open.value, self.open_now.value)
-
-
-def client_process(url: str, users: list[tuple[int, int, int]], settings: dict, shared: Shared, results) -> None:
-    """Run the sessions ``users`` (index, layer, head), each in a thread; put their times and errors on ``results``."""
-    times: dict[str, list[float]] = {action: [] for action in ACTIONS}
-    errors: list[str] = []
-    per_action = settings["timeout"] + settings["think"]
-    hold = per_action * (settings["zooms"] + 3) + settings["arrival"] * settings["sessions"]
-
-    def all_done() -> None:
-        with contextlib.suppress(threading.BrokenBarrierError):
-            shared.finished.wait(timeout=hold)
-        shared.opened(-1)
-
-    def user(i: int, layer: int, head: int) -> None:
-        try:
-            shared.gate.wait()
-            time.sleep(i * settings["arrival"])
-            shared.opened(+1)
-            run_session(url, settings["method"], layer, head, settings, times, all_done)
-        except Exception as exc:  # noqa: BLE001 - every failure is counted, the others go on
-            errors.append(f"session {i}: {type(exc).__name__}: {exc}")
-            traceback.print_exc()
-
-    threads = [threading.Thread(target=user, args=one, name=f"session-{one[0]}") for one in users]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    results.put((times, errors, time.process_time()))
-
-
 def load(
     store: Path,
     method: str,
@@ -268,17 +223,13 @@ def load(
     timeout: float,
     arrival: float,
     think: float,
-    client_processes: int,
     log: Path,
 ) -> dict[str, Any]:
     """Serve ``store`` and run ``sessions`` concurrent sessions; their figures, errors and the server's memory.
 
-    Session ``i`` starts ``i * arrival`` seconds after the first (all at once for 0). The sessions
-    are spread over ``client_processes`` processes, so that the clients' own work (decoding what
-    the server sends, as a browser tab does in its own process) does not queue on one GIL.
+    Session ``i`` starts ``i * arrival`` seconds after the first (all at once for 0); each stays
+    connected until every session is done.
     """
-    import multiprocessing
-
     from qkscale.dashboard.app import load_extensions
 
     load_extensions()  # the client resolves Panel's and HoloViews' model types by importing them
@@ -286,26 +237,44 @@ def load(
     heads = opened.projections().get(f"{method}-2d")
     if not heads:
         raise SystemExit(f"benchmarks.load: error: {store} has no {method} 2D projection")
-    context = multiprocessing.get_context("fork")  # the children start with the client's imports done
-    shared, results = Shared(context, sessions), context.Queue()
-    settings = {"method": method, "zooms": zooms, "timeout": timeout, "arrival": arrival, "think": think}
-    settings["sessions"] = sessions
-    users = [(i, *heads[i % len(heads)]) for i in range(sessions)]
-    groups = [users[k::client_processes] for k in range(client_processes) if users[k::client_processes]]
+    times: dict[str, list[float]] = {action: [] for action in ACTIONS}
+    errors: list[str] = []
+    settings = {"zooms": zooms, "timeout": timeout, "think": think}
+    gate, finished = threading.Barrier(sessions), threading.Barrier(sessions)
+    hold = (timeout + think) * (zooms + 3) + arrival * sessions
+    counting, open_now, peak_open = threading.Lock(), [0], [0]
+
+    def opened_one(change: int) -> None:
+        with counting:
+            open_now[0] += change
+            peak_open[0] = max(peak_open[0], open_now[0])
+
+    def all_done() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            finished.wait(timeout=hold)
+        opened_one(-1)
+
+    def user(i: int) -> None:
+        try:
+            gate.wait()
+            time.sleep(i * arrival)
+            opened_one(+1)
+            run_session(url, method, *heads[i % len(heads)], settings, times, all_done)
+        except Exception as exc:  # noqa: BLE001 - every failure is counted, the others go on
+            errors.append(f"session {i}: {type(exc).__name__}: {exc}")
+            traceback.print_exc()
+
     with browser.served(store, log, "--threads", str(threads)) as (url, process):
         started, server_cpu_at_start = time.perf_counter(), _cpu_seconds(process.pid)
-        clients = [
-            context.Process(target=client_process, args=(url, group, settings, shared, results)) for group in groups
-        ]
-        for client in clients:
-            client.start()
-        reports = [results.get() for _ in clients]
-        for client in clients:
-            client.join()
+        client_cpu_at_start = time.process_time()
+        workers = [threading.Thread(target=user, args=(i,), name=f"session-{i}") for i in range(sessions)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
         seconds = time.perf_counter() - started
         peak, server_cpu = _peak_rss_mib(process.pid), _cpu_seconds(process.pid) - server_cpu_at_start
-    times = {action: [t for report in reports for t in report[0][action]] for action in ACTIONS}
-    errors = [error for report in reports for error in report[1]]
+        client_cpu = time.process_time() - client_cpu_at_start
     server_log = log.read_text()
     return {
         "sessions": sessions,
@@ -315,8 +284,7 @@ def load(
         "server_threads": threads,
         "arrival_s": arrival,
         "think_s": think,
-        "client_processes": len(clients),
-        "peak_open_sessions": shared.peak_open.value,
+        "peak_open_sessions": peak_open[0],
         "seconds": seconds,
         "actions_s": {action: percentiles(values) for action, values in times.items()},
         "errors": len(errors),
@@ -324,7 +292,7 @@ def load(
         "server_tracebacks": server_tracebacks(server_log),
         "server_peak_rss_mib": peak,
         "server_cpu_s": server_cpu,
-        "client_cpu_s": sum(report[2] for report in reports),
+        "client_cpu_s": client_cpu,
         "tokens": opened.n_tokens,
     }
 
@@ -351,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = new_report("load")
     log = args.out.with_suffix(".log")
-    options = (args.zooms, args.threads, args.timeout, args.arrival, args.think, args.client_processes)
+    options = (args.zooms, args.threads, args.timeout, args.arrival, args.think)
     section = load(args.store, args.method, args.sessions, *options, log)
     report["sections"]["load"] = section
     write_json(report, args.out)

@@ -171,9 +171,9 @@ class LiveEmbedding:
         with self._asking:
             if self.head is None:
                 return
-            self.view = (tuple(x_range), tuple(y_range))
+            self.view = view = (tuple(x_range), tuple(y_range))
             head, marked, ticket = self.head, self.marked, self._ticket("image")
-        self._redraw(head, marked, self.view, ticket)
+        self._redraw(head, marked, view, ticket)
 
     def hovered(self, x: float, y: float) -> dict:
         """The hover columns of the shown point under (x, y), with its ``__index__`` (-1 and nothing else if none)."""

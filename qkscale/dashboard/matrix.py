@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Callable
@@ -107,6 +108,12 @@ class MatrixImage:
     title: str
     without_thumbnail: int  # projected heads whose thumbnail is missing (drawn pale orange)
 
+    @functools.cached_property
+    def rgba(self) -> np.ndarray:
+        """The canvas as Bokeh's ``image_rgba`` takes it: one uint32 per pixel, the bottom row first (made once)."""
+        rows, columns = self.canvas.shape[:2]
+        return np.ascontiguousarray(self.canvas[::-1]).view(np.uint32).reshape(rows, columns)
+
     @property
     def size(self) -> tuple[int, int]:
         """The figure's width and height in pixels."""
@@ -174,9 +181,7 @@ def matrix_figure(image: MatrixImage, on_tap: Callable[[float, float], None]):
         css_classes=["qk-matrix"],
     )
     plot.grid.visible = False
-    rows, columns = image.canvas.shape[:2]
-    rgba = np.ascontiguousarray(image.canvas[::-1]).view(np.uint32).reshape(rows, columns)  # Bokeh: bottom row first
-    plot.image_rgba(image=[rgba], x=left, y=bottom, dw=right - left, dh=top - bottom)
+    plot.image_rgba(image=[image.rgba], x=left, y=bottom, dw=right - left, dh=top - bottom)
     xs, ys, texts = (list(column) for column in zip(*image.labels, strict=True))
     plot.text(x=xs, y=ys, text=texts, text_font_size="8pt", text_align="left", text_baseline="top", text_color="black")
     plot.on_event(Tap, lambda event: None if event.x is None else on_tap(event.x, event.y))

@@ -133,8 +133,8 @@ class SingleHeadView(View):
 
     def _matches(self, head: Head):
         """The search matches' coordinates in ``head`` (None without a search)."""
-        found = self.search.matches
-        return None if found is None else single.match_coordinates(head.points, found.ids, head.show)
+        found = self.search.match_ids()
+        return single.match_coordinates(head.points, found, head.show) if len(found) else None
 
     def _mark(self) -> None:
         if self.live.head is not None:
